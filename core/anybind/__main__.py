@@ -1,0 +1,3 @@
+from anybind.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Plugins that ship with anybind, registered through the same hooks as installed ones."""

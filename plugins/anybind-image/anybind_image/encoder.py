@@ -1,0 +1,90 @@
+"""Image loader, tokenizer and timm vision-transformer trunk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anybind.errors import InputError
+from anybind.modality import EncoderOutput, ModalityEncoder
+
+
+def load_image(path):
+    """Read an image file as RGB; errors name the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty image file")
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: truncated files fail here, not later
+            img = img.convert("RGB")
+    except UnidentifiedImageError:
+        raise InputError(path, "not an image Pillow can read (corrupt or wrong suffix?)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(path, f"corrupt or truncated image ({exc})") from None
+    if img.width < 2 or img.height < 2:
+        raise InputError(path, f"image is {img.width}x{img.height}; needs at least 2x2 pixels")
+    return img
+
+
+@dataclass
+class ImageEncoderConfig:
+    """A ViT built by timm. Tiny by default; set ``timm_model`` for a real architecture."""
+
+    image_size: int = 32
+    patch_size: int = 4
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    #: A timm architecture name (e.g. "vit_base_patch16_224"); overrides the sizes above.
+    timm_model: str = ""
+    mean: tuple = (0.5, 0.5, 0.5)
+    std: tuple = (0.5, 0.5, 0.5)
+
+
+class ImageEncoder(ModalityEncoder):
+    """image → resize/normalise → patch tokens → ViT: (B, 3, H, W) -> (B, 1 + N, W)."""
+
+    Config = ImageEncoderConfig
+
+    def __init__(self, config: ImageEncoderConfig | None = None):
+        super().__init__(config or ImageEncoderConfig())
+        import timm
+        from timm.models.vision_transformer import VisionTransformer
+
+        c = self.config
+        if c.timm_model:
+            self.trunk = timm.create_model(c.timm_model, pretrained=False, num_classes=0, img_size=c.image_size)
+            c.width = int(self.trunk.num_features)
+        else:
+            self.trunk = VisionTransformer(
+                img_size=c.image_size,
+                patch_size=c.patch_size,
+                in_chans=3,
+                num_classes=0,
+                embed_dim=c.width,
+                depth=c.depth,
+                num_heads=c.heads,
+                mlp_ratio=c.mlp_ratio,
+                global_pool="",
+            )
+
+    def preprocess(self, raw) -> dict[str, torch.Tensor]:
+        from PIL import Image
+
+        size = self.config.image_size
+        img = raw.convert("RGB").resize((size, size), Image.BICUBIC)
+        pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W)
+        mean = torch.tensor(self.config.mean).view(3, 1, 1)
+        std = torch.tensor(self.config.std).view(3, 1, 1)
+        return {"pixels": (pixels - mean) / std}
+
+    def forward(self, pixels: torch.Tensor) -> EncoderOutput:
+        tokens = self.trunk.forward_features(pixels)  # (B, 1 + N, W)
+        return EncoderOutput(tokens=tokens)
