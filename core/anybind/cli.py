@@ -286,6 +286,138 @@ def embed(inputs, model_dir, as_json):
             click.echo(" ".join(f"{v:+.4f}" for v in vector))
 
 
+# -- sample world, training, evaluation, retrieval -----------------------------------------
+
+DEFAULT_WORLD = "runs/world"
+DEFAULT_BIND = "runs/bind"
+
+
+@cli.group()
+def world():
+    """The built-in sample world (real digits, speech, videos, point clouds)."""
+
+
+@world.command(name="build")
+@click.argument("directory", default=DEFAULT_WORLD, type=click.Path(file_okay=False))
+@click.option("--modality", "modalities", multiple=True, help="Only these modalities (default: every installed one).")
+@click.option("--limit", type=int, help="Use only this many digits (quick builds).")
+@click.option("--small", is_flag=True, help="Fewer variants per modality (for tests).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def world_build(directory, modalities, limit, small, seed):
+    """Write the sample world's files and manifest.jsonl into DIRECTORY."""
+    import time
+
+    from anybind.world import build_world, read_manifest
+
+    began = time.time()
+    manifest = build_world(directory, modalities or None, limit=limit, seed=seed, small=small)
+    parsed = read_manifest(manifest)
+    counts = {m: len(parsed.select(has=(m,))) for m in parsed.modalities()}
+    click.echo(f"Wrote {manifest} in {time.time() - began:.1f}s: " + ", ".join(f"{n} {m}" for m, n in counts.items()))
+
+
+@cli.group()
+def train():
+    """Training stages."""
+
+
+@train.command(name="bind")
+@click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path(), help="Manifest file or world folder.")
+@click.option("--out", default=DEFAULT_BIND, show_default=True, type=click.Path(file_okay=False), help="Bound model directory.")
+@click.option("--modality", "modalities", multiple=True, help="Bind only these (default: every installed one in the manifest).")
+@click.option("--steps", type=int, help="Steps per modality (default: each plugin's own).")
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--embed-dim", type=int, default=128, show_default=True)
+@click.option("--save-every", type=int, default=100, show_default=True, help="Mid-stage checkpoint interval (steps).")
+@click.option("--on-bad-row", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
+              help="A manifest row whose file is unusable: report and skip it, or stop.")
+@click.option("--retrain", is_flag=True, help="Train modalities again even if already trained.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_bind_command(manifest, out, modalities, steps, batch_size, lr, embed_dim, save_every, on_bad_row, retrain, seed):
+    """Bind modalities into one space: image against text, every other modality against images."""
+    from anybind.bind import BindSettings, train_bind
+
+    settings = BindSettings(embed_dim=embed_dim, steps=steps, batch_size=batch_size, lr=lr, save_every=save_every,
+                            seed=seed, on_bad_row=on_bad_row)
+    results = train_bind(manifest, out, list(modalities) or None, settings, retrain=retrain)
+    for r in results:
+        click.echo(f"bound {r['modality']}: {r['rows']} rows in {r['seconds']:.1f}s")
+    click.echo(f"Model: {out}  (next: anybind eval bind --model {out} --manifest {manifest})")
+
+
+@cli.group(name="eval")
+def eval_group():
+    """Evaluate trained models on held-out data."""
+
+
+@eval_group.command(name="bind")
+@click.option("--model", "model_dir", default=DEFAULT_BIND, show_default=True, type=click.Path())
+@click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path())
+@click.option("--modality", "modalities", multiple=True)
+@click.option("--prompt", help="Zero-shot prompt template with {label} (default: the world's, e.g. 'a handwritten {label}').")
+@click.option("--json", "as_json", is_flag=True)
+def eval_bind_command(model_dir, manifest, modalities, prompt, as_json):
+    """Zero-shot top-1 vs text prompts, retrieval R@1 and a linear probe, per modality."""
+    import anybind
+    from anybind.evaluate import evaluate_bind
+
+    results = evaluate_bind(anybind.load(model_dir), manifest, list(modalities) or None, prompt)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    rows = [[m, f"{r['zero_shot_top1']:.3f}", f"{r['retrieval_r1']:.3f}", f"{r['linear_probe']:.3f}",
+             f"{r['zero_shot_vs_probe']:.3f}", str(r["n_test"]), "emergent" if r["emergent"] else "trained"]
+            for m, r in results.items()]
+    click.echo(_table(["MODALITY", "ZERO-SHOT", "R@1", "PROBE", "ZS/PROBE", "N", "TEXT"], rows))
+
+
+@cli.command()
+@click.option("--query", "-q", required=True, help="A file of any installed modality, or text.")
+@click.option("--corpus", "-c", required=True, type=click.Path(exists=True), help="A folder of files or a manifest.")
+@click.option("--model", "model_dir", default=DEFAULT_BIND, show_default=True, type=click.Path())
+@click.option("-k", "top_k", type=int, default=5, show_default=True)
+@click.option("--modality", "modalities", multiple=True, help="Only return these modalities.")
+@click.option("--json", "as_json", is_flag=True)
+def retrieve(query, corpus, model_dir, top_k, modalities, as_json):
+    """Find the corpus files nearest to the query, across modalities."""
+    from pathlib import Path
+
+    import anybind
+    from anybind.model import resolve_input
+
+    model = anybind.load(model_dir)
+    corpus_path = Path(corpus)
+    if corpus_path.is_file() or (corpus_path / "manifest.jsonl").is_file():
+        from anybind.world import read_manifest
+
+        parsed = read_manifest(corpus_path)
+        files = [row[m] for row in parsed.rows for m in parsed.modalities() if m in row and m != "text"]
+    else:
+        known = {s for spec in plugins.modalities().values() for s in spec.suffixes}
+        files = sorted(str(p) for p in corpus_path.rglob("*") if p.is_file() and p.suffix.lower() in known)
+    by_modality: dict[str, list[str]] = {}
+    for f in files:
+        spec = plugins.modality_for_path(f)
+        if spec.name in model.towers and (not modalities or spec.name in modalities):
+            by_modality.setdefault(spec.name, []).append(f)
+    if not by_modality:
+        raise AnybindError(f"{corpus}: no files of a modality this model embeds ({', '.join(model.modalities)})")
+    query_vec = model.embed_resolved([resolve_input(query)])[0]
+    scored = []
+    for modality, paths in by_modality.items():
+        from anybind.evaluate import embed_rows
+
+        rows, emb = embed_rows(model, [{modality: p} for p in paths], modality)
+        scored += [(float(s), modality, r[modality]) for s, r in zip((emb @ query_vec).tolist(), rows)]
+    scored.sort(reverse=True)
+    for score, modality, path in scored[:top_k]:
+        if as_json:
+            click.echo(json.dumps({"path": path, "modality": modality, "score": round(score, 5)}))
+        else:
+            click.echo(f"{score:+.3f}  {modality:<10}  {path}")
+
+
 def main(argv=None):
     plugins.register_commands(cli)
     return cli.main(args=argv, prog_name="anybind")

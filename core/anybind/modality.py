@@ -62,6 +62,14 @@ class ModalityEncoder(PretrainedMixin, nn.Module):
         """Batch samples; the default stacks each key (samples of one fixed shape)."""
         return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
 
+    def augment(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Random training-time augmentation of a collated batch; the default does none."""
+        return batch
+
+    def init_from(self, other: "ModalityEncoder") -> None:
+        """Initialise from another modality's trained trunk (e.g. video from image); optional."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be initialised from {type(other).__name__}")
+
     def forward(self, **batch: torch.Tensor) -> EncoderOutput:
         raise NotImplementedError
 

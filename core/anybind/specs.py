@@ -60,6 +60,8 @@ class ModalitySpec:
         mime_types: MIME types this modality reads.
         config: overrides of the encoder's default config (e.g. real sizes).
         world: ``(WorldBuilder) -> None``, writes this modality's part of the sample world.
+        train: defaults for binding this modality (``steps``, ``lr``, ``batch_size``,
+            ``weight_decay``, ``init_from``: another modality whose trained trunk initialises this one).
         description: one line for ``anybind plugins``.
     """
 
@@ -70,6 +72,7 @@ class ModalitySpec:
     mime_types: tuple[str, ...] = ()
     config: Mapping[str, Any] = field(default_factory=dict)
     world: Factory | None = None
+    train: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
 
     def __post_init__(self):

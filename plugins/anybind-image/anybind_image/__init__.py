@@ -16,5 +16,6 @@ def register_modalities(register):
             mime_types=("image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp", "image/tiff"),
             loader="anybind_image.encoder:load_image",
             encoder="anybind_image.encoder:ImageEncoder",
+            world="anybind_image.world:build",
         )
     )

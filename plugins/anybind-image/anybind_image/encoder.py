@@ -32,24 +32,46 @@ def load_image(path):
     return img
 
 
+class ConvTrunk(torch.nn.Module):
+    """A small conv net: (B, 3, H, W) -> (B, (H/8)*(W/8), width) tokens. Fast on CPU."""
+
+    def __init__(self, width: int, channels: tuple = (32, 64)):
+        super().__init__()
+        from torch import nn
+
+        layers, c_in = [], 3
+        for c_out in (*channels, width):
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.GELU(),
+                       nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.GELU(), nn.MaxPool2d(2)]
+            c_in = c_out
+        self.net = nn.Sequential(*layers)
+
+    def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        from einops import rearrange
+
+        return rearrange(self.net(pixels), "b c h w -> b (h w) c")
+
+
 @dataclass
 class ImageEncoderConfig:
-    """A ViT built by timm. Tiny by default; set ``timm_model`` for a real architecture."""
+    """Image trunk sizes. ``arch``: "cnn" (default, fast on CPU), "vit" (timm
+    VisionTransformer built from the sizes below), or any timm architecture name
+    (e.g. "vit_base_patch16_224") for real sizes."""
 
+    arch: str = "cnn"
     image_size: int = 32
     patch_size: int = 4
     width: int = 128
     depth: int = 4
     heads: int = 4
     mlp_ratio: float = 2.0
-    #: A timm architecture name (e.g. "vit_base_patch16_224"); overrides the sizes above.
-    timm_model: str = ""
+    channels: tuple = (32, 64)
     mean: tuple = (0.5, 0.5, 0.5)
     std: tuple = (0.5, 0.5, 0.5)
 
 
 class ImageEncoder(ModalityEncoder):
-    """image → resize/normalise → patch tokens → ViT: (B, 3, H, W) -> (B, 1 + N, W)."""
+    """image → resize/normalise → trunk tokens: (B, 3, H, W) -> (B, N, W)."""
 
     Config = ImageEncoderConfig
 
@@ -59,8 +81,10 @@ class ImageEncoder(ModalityEncoder):
         from timm.models.vision_transformer import VisionTransformer
 
         c = self.config
-        if c.timm_model:
-            self.trunk = timm.create_model(c.timm_model, pretrained=False, num_classes=0, img_size=c.image_size)
+        if c.arch == "cnn":
+            self.trunk = ConvTrunk(c.width, tuple(c.channels))
+        elif c.arch != "vit":
+            self.trunk = timm.create_model(c.arch, pretrained=False, num_classes=0, img_size=c.image_size)
             c.width = int(self.trunk.num_features)
         else:
             self.trunk = VisionTransformer(
@@ -85,6 +109,12 @@ class ImageEncoder(ModalityEncoder):
         std = torch.tensor(self.config.std).view(3, 1, 1)
         return {"pixels": (pixels - mean) / std}
 
+    def augment(self, batch):
+        """Small random shifts: handwriting is never centred the same way twice."""
+        pixels = batch["pixels"]
+        dx, dy = (int(v) for v in torch.randint(-2, 3, (2,)))
+        return {"pixels": torch.roll(pixels, shifts=(dy, dx), dims=(2, 3))}
+
     def forward(self, pixels: torch.Tensor) -> EncoderOutput:
-        tokens = self.trunk.forward_features(pixels)  # (B, 1 + N, W)
+        tokens = self.trunk.forward_features(pixels)  # (B, N, W)
         return EncoderOutput(tokens=tokens)

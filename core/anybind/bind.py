@@ -1,0 +1,332 @@
+"""Stage ``bind``: train the towers into one space, with image as the binding modality.
+
+1. text ↔ image: the text trunk (MiniLM) is frozen and only its head trains (LiT); the
+   image trunk and head train against it with symmetric InfoNCE.
+2. every other modality X ↔ image: X's tower trains against *frozen* image embeddings of
+   its paired images. X never sees text; X → text is emergent and is what we measure.
+
+Each modality's tower is written to ``OUT/<modality>/`` when it finishes (so a finished
+modality is never retrained or rewritten), mid-stage progress to ``OUT/.progress/``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anybind import plugins
+from anybind.errors import AnybindError, InputError
+from anybind.losses import BindLoss
+from anybind.model import BOUND_FORMAT, Tower
+from anybind.persistence import CONFIG_NAME, load_model_dir, read_config, save_model_dir, write_json_atomic
+from anybind.trainer import MetricsLog, load_optimizer, make_accelerator, progress_step, save_progress
+from anybind.world import Manifest, read_manifest
+
+BINDING_MODALITY = "image"
+TRAIN_DEFAULTS = {"steps": 300, "lr": 1e-3, "batch_size": 128, "weight_decay": 0.05}
+
+
+@dataclass
+class BindSettings:
+    embed_dim: int = 128
+    steps: int | None = None  # overrides every modality's default
+    batch_size: int | None = None
+    lr: float | None = None
+    save_every: int = 100
+    seed: int = 0
+    on_bad_row: str = "skip"  # or "stop"
+    progress: bool = True
+
+
+def _say(accelerator, message: str) -> None:
+    if accelerator.is_main_process:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
+
+
+def load_samples(manifest: Manifest, rows: list[dict], modality: str, encoder, settings: BindSettings, accelerator, bad_log: MetricsLog):
+    """Load + preprocess every row's file once; bad rows are skipped (reported) or stop the run."""
+    from tqdm.auto import tqdm
+
+    spec = plugins.get_modality(modality)
+    kept, samples = [], []
+    for row in tqdm(rows, desc=f"load {modality}", unit="file", leave=False, disable=not (settings.progress and accelerator.is_main_process)):
+        path = row[modality]
+        try:
+            raw = spec.load(path) if spec.reads_files else path
+            sample = encoder.preprocess(raw)
+        except InputError as exc:
+            where = f"{manifest.path}:{row['_line']}"
+            problem = exc.problem if exc.path == str(path) else str(exc)
+            if settings.on_bad_row == "stop":
+                raise InputError(path, f"{problem} (manifest row {where}; use --on-bad-row skip to skip bad rows)") from None
+            _say(accelerator, f"skipping {path}: {problem} ({where})")
+            bad_log.write(file=str(path), problem=problem, manifest_row=where, modality=modality)
+            continue
+        except FileNotFoundError:
+            where = f"{manifest.path}:{row['_line']}"
+            if settings.on_bad_row == "stop":
+                raise InputError(path, f"file not found (manifest row {where})") from None
+            _say(accelerator, f"skipping {path}: file not found ({where})")
+            bad_log.write(file=str(path), problem="file not found", manifest_row=where, modality=modality)
+            continue
+        kept.append(row)
+        samples.append(sample)
+    if not samples:
+        raise InputError(manifest.path, f"no usable {modality} rows in the training split")
+    return kept, samples
+
+
+def _train_settings(modality: str, settings: BindSettings) -> dict[str, Any]:
+    merged = {**TRAIN_DEFAULTS, **dict(plugins.get_modality(modality).train)}
+    for key in ("steps", "batch_size", "lr"):
+        if getattr(settings, key) is not None:
+            merged[key] = getattr(settings, key)
+    return merged
+
+
+class _Stage(nn.Module):
+    """The trainable parts of one binding run, as one module for Accelerate/DDP."""
+
+    def __init__(self, tower: Tower, loss: BindLoss, text_head: nn.Module | None = None):
+        super().__init__()
+        self.tower, self.loss, self.text_head = tower, loss, text_head
+
+
+def _run_loop(
+    *,
+    name: str,
+    stage: _Stage,
+    n_rows: int,
+    step_fn: Callable[[_Stage, list[int]], torch.Tensor],
+    hp: dict[str, Any],
+    settings: BindSettings,
+    accelerator,
+    progress_dir: Path,
+    metrics: MetricsLog,
+) -> float:
+    """The shared optimisation loop: sampling, AdamW + cosine schedule, logging, resumable saves."""
+    from tqdm.auto import tqdm
+
+    steps = int(hp["steps"])
+    per_process = max(1, int(hp["batch_size"]) // accelerator.num_processes)
+    optimizer = torch.optim.AdamW(
+        [p for p in stage.parameters() if p.requires_grad], lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"])
+    )
+    start = progress_step(progress_dir)
+    if start:
+        stage.load_state_dict(_load_stage_state(progress_dir), strict=False)
+        load_optimizer(optimizer, progress_dir)
+        _say(accelerator, f"{name}: resuming at step {start}/{steps}")
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps))),
+        last_epoch=start - 1 if start else -1,
+    )
+    model, optimizer = accelerator.prepare(stage, optimizer)
+    rng = random.Random(settings.seed * 1000 + accelerator.process_index * 17 + start)
+    began = time.time()
+    bar = tqdm(range(start, steps), desc=f"bind {name}", unit="step", initial=start, total=steps,
+               disable=not (settings.progress and accelerator.is_main_process))
+    loss_value = float("nan")
+    for step in bar:
+        model.train()
+        indices = [rng.randrange(n_rows) for _ in range(per_process)]
+        with accelerator.autocast():
+            loss = step_fn(model, indices)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        schedule.step()
+        loss_value = float(loss.detach())
+        unwrapped = accelerator.unwrap_model(model)
+        bar.set_postfix(loss=f"{loss_value:.3f}", temp=f"{unwrapped.loss.temperature:.3f}")
+        if step % 10 == 0 or step == steps - 1:
+            metrics.write(stage="bind", modality=name, step=step + 1, loss=round(loss_value, 5),
+                          temperature=round(unwrapped.loss.temperature, 5), lr=schedule.get_last_lr()[0])
+        if accelerator.is_main_process and settings.save_every and (step + 1) % settings.save_every == 0 and step + 1 < steps:
+            save_progress(progress_dir, step + 1, optimizer, lambda d: _save_stage_state(unwrapped, d))
+    accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1:
+        checksum = torch.stack([p.detach().float().sum() for p in accelerator.unwrap_model(model).parameters()]).sum()
+        gathered = accelerator.gather(checksum.reshape(1).to(accelerator.device))
+        metrics.write(stage="bind", modality=name, event="ranks_in_sync",
+                      in_sync=bool(torch.allclose(gathered, gathered[0].expand_as(gathered), rtol=1e-5)),
+                      processes=accelerator.num_processes)
+    return time.time() - began
+
+
+def _save_stage_state(stage: nn.Module, directory: Path) -> None:
+    save_model_dir(directory, {"format": "anybind.bind-progress"}, stage.state_dict())
+
+
+def _load_stage_state(progress_dir: Path) -> dict:
+    return load_model_dir(progress_dir / "model")[1]
+
+
+def _labels_to_groups(rows: list[dict], labels: list[str]) -> torch.Tensor | None:
+    if not all("label" in r for r in rows):
+        return None
+    index = {label: i for i, label in enumerate(labels)}
+    for r in rows:
+        index.setdefault(r["label"], len(index))
+    return torch.tensor([index[r["label"]] for r in rows])
+
+
+def _frozen_text_features(text_tower: Tower, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+    """Pooled outputs of the frozen text trunk, computed once: (N, 384)."""
+    encoder = text_tower.encoder
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            batch = encoder.collate([encoder.preprocess(t) for t in texts[start : start + batch_size]])
+            out.append(encoder(**batch).pooled())
+    return torch.cat(out)
+
+
+def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def bind_image_text(manifest: Manifest, out: Path, settings: BindSettings, accelerator, metrics, bad_log) -> dict:
+    hp = _train_settings(BINDING_MODALITY, settings)
+    rows = manifest.select("train", has=(BINDING_MODALITY, "text"))
+    if not rows:
+        raise InputError(manifest.path, "no training rows with both 'image' and 'text' to bind image to text")
+    image_tower = Tower.create(BINDING_MODALITY, settings.embed_dim, hp.get("config"))
+    text_tower = Tower.create("text", settings.embed_dim)
+    rows, samples = load_samples(manifest, rows, BINDING_MODALITY, image_tower.encoder, settings, accelerator, bad_log)
+    _say(accelerator, f"bind image↔text: {len(rows)} pairs, {hp['steps']} steps, batch {hp['batch_size']}")
+    text_features = _frozen_text_features(text_tower, [r["text"] for r in rows])
+    groups = _labels_to_groups(rows, manifest.labels)
+    stage = _Stage(image_tower, BindLoss(), text_head=text_tower.head)
+    encoder = image_tower.encoder
+
+    def step_fn(model, indices):
+        batch = _to(encoder.augment(encoder.collate([samples[i] for i in indices])), accelerator.device)
+        image_emb = model.tower(**batch)  # (B, D)
+        text_emb = F.normalize(model.text_head(text_features[indices].to(accelerator.device)), dim=-1)
+        g = groups[indices].to(accelerator.device) if groups is not None else None
+        return model.loss(image_emb, text_emb, g, g)
+
+    seconds = _run_loop(name=BINDING_MODALITY, stage=stage, n_rows=len(rows), step_fn=step_fn, hp=hp,
+                        settings=settings, accelerator=accelerator, progress_dir=out / ".progress" / BINDING_MODALITY, metrics=metrics)
+    if accelerator.is_main_process:
+        text_tower.save_pretrained(out / "text")
+        image_tower.save_pretrained(out / BINDING_MODALITY)
+        _finish(out, BINDING_MODALITY, hp, seconds, len(rows))
+    return {"modality": BINDING_MODALITY, "seconds": seconds, "rows": len(rows)}
+
+
+def bind_to_images(modality: str, manifest: Manifest, out: Path, settings: BindSettings, accelerator, metrics, bad_log) -> dict:
+    """Train X's tower against frozen image embeddings (instance pairs, or same-label images)."""
+    hp = _train_settings(modality, settings)
+    image_tower = Tower.from_pretrained(out / BINDING_MODALITY).eval().requires_grad_(False)
+    image_rows = manifest.select("train", has=(BINDING_MODALITY,))
+    x_rows = [r for r in manifest.select("train", has=(modality,)) if BINDING_MODALITY in r or "label" in r]
+    if not x_rows:
+        raise InputError(manifest.path, f"no training rows pair {modality} with an image or a label")
+    tower = Tower.create(modality, settings.embed_dim, hp.get("config"))
+    if hp.get("init_from"):
+        source = Tower.from_pretrained(out / hp["init_from"]) if hp["init_from"] != BINDING_MODALITY else image_tower
+        tower.encoder.init_from(source.encoder)
+    x_rows, samples = load_samples(manifest, x_rows, modality, tower.encoder, settings, accelerator, bad_log)
+
+    # Frozen targets: every training image embedded once.
+    image_rows, image_samples = load_samples(manifest, image_rows, BINDING_MODALITY, image_tower.encoder,
+                                             BindSettings(on_bad_row="skip", progress=settings.progress), accelerator, bad_log)
+    with torch.no_grad():
+        image_emb = torch.cat([image_tower(**image_tower.encoder.collate(image_samples[i : i + 256]))
+                               for i in range(0, len(image_samples), 256)])  # (N_img, D)
+    by_id = {r["id"]: i for i, r in enumerate(image_rows)}
+    by_label: dict[str, list[int]] = {}
+    for i, r in enumerate(image_rows):
+        by_label.setdefault(r.get("label"), []).append(i)
+    own_image = [by_id.get(r["id"]) if BINDING_MODALITY in r else None for r in x_rows]
+    missing = [r for r, own in zip(x_rows, own_image) if own is None and r.get("label") not in by_label]
+    if missing:
+        raise InputError(manifest.path, f"row at line {missing[0]['_line']}: its image was unusable and no image shares its label")
+    groups = _labels_to_groups(x_rows, manifest.labels)
+    image_tower.to(accelerator.device)
+    _say(accelerator, f"bind {modality}↔image: {len(x_rows)} rows, {hp['steps']} steps, batch {hp['batch_size']} (never sees text)")
+    stage = _Stage(tower, BindLoss())
+    encoder = tower.encoder
+    pick = random.Random(settings.seed + 1 + accelerator.process_index)
+
+    def step_fn(model, indices):
+        batch = _to(encoder.augment(encoder.collate([samples[i] for i in indices])), accelerator.device)
+        x_emb = model.tower(**batch)
+        target_rows = [own_image[i] if own_image[i] is not None else pick.choice(by_label[x_rows[i]["label"]]) for i in indices]
+        target = image_emb[target_rows].to(accelerator.device)
+        g = groups[indices].to(accelerator.device) if groups is not None else None
+        return model.loss(x_emb, target, g, g)
+
+    seconds = _run_loop(name=modality, stage=stage, n_rows=len(x_rows), step_fn=step_fn, hp=hp, settings=settings,
+                        accelerator=accelerator, progress_dir=out / ".progress" / modality, metrics=metrics)
+    if accelerator.is_main_process:
+        tower.save_pretrained(out / modality)
+        _finish(out, modality, hp, seconds, len(x_rows))
+    return {"modality": modality, "seconds": seconds, "rows": len(x_rows)}
+
+
+def _finish(out: Path, modality: str, hp: dict, seconds: float, rows: int) -> None:
+    """Record how the tower was trained, drop its progress, and list it in the model index."""
+    write_json_atomic(out / modality / "training.json", {"steps": hp["steps"], "seconds": round(seconds, 2), "rows": rows,
+                                                         "hyperparameters": {k: v for k, v in hp.items() if k != "config"}})
+    shutil.rmtree(out / ".progress" / modality, ignore_errors=True)
+    index = read_config(out) if (out / CONFIG_NAME).is_file() else {}
+    trained = {modality} | ({"text"} if modality == BINDING_MODALITY else set())
+    write_json_atomic(out / CONFIG_NAME, {**index, "format": BOUND_FORMAT, "embed_dim": read_config(out / modality)["embed_dim"],
+                                          "modalities": sorted(set(index.get("modalities", [])) | trained)})
+
+
+def is_trained(out: Path, modality: str) -> bool:
+    return (out / modality / "training.json").is_file()
+
+
+def train_bind(manifest_path: Path | str, out: Path | str, modalities: list[str] | None = None,
+               settings: BindSettings | None = None, retrain: bool = False) -> list[dict]:
+    """Bind ``modalities`` (default: every installed one the manifest has) into ``out``."""
+    settings = settings or BindSettings()
+    manifest = read_manifest(manifest_path)
+    out = Path(out)
+    accelerator = make_accelerator()
+    torch.manual_seed(settings.seed)
+    installed = plugins.modalities()
+    present = [m for m in manifest.modalities() if m in installed and m != "text"]
+    wanted = modalities or present
+    for m in wanted:
+        plugins.get_modality(m)  # clear error if not installed
+        if m not in manifest.modalities():
+            raise InputError(manifest.path, f"has no {m!r} column to train on")
+    if (out / CONFIG_NAME).is_file():
+        index = read_config(out)
+        if index.get("embed_dim") not in (None, settings.embed_dim):
+            raise AnybindError(f"{out}: existing towers are {index['embed_dim']}-d; use --embed-dim {index['embed_dim']} or a new --out")
+    metrics = MetricsLog(out / "metrics.jsonl", enabled=accelerator.is_main_process)
+    bad_log = MetricsLog(out / "bad_rows.jsonl", enabled=accelerator.is_main_process)
+    results = []
+    need_image = BINDING_MODALITY in wanted or any(m != BINDING_MODALITY for m in wanted)
+    if need_image and (retrain and BINDING_MODALITY in wanted or not is_trained(out, BINDING_MODALITY)):
+        results.append(bind_image_text(manifest, out, settings, accelerator, metrics, bad_log))
+        accelerator.wait_for_everyone()
+    for m in wanted:
+        if m == BINDING_MODALITY:
+            continue
+        if is_trained(out, m) and not retrain:
+            _say(accelerator, f"bind {m}: already trained in {out / m} (use --retrain to train again)")
+            continue
+        results.append(bind_to_images(m, manifest, out, settings, accelerator, metrics, bad_log))
+        accelerator.wait_for_everyone()
+    return results
