@@ -321,6 +321,8 @@ def train_bind(manifest_path: Path | str, out: Path | str, modalities: list[str]
     if need_image and (retrain and BINDING_MODALITY in wanted or not is_trained(out, BINDING_MODALITY)):
         results.append(bind_image_text(manifest, out, settings, accelerator, metrics, bad_log))
         accelerator.wait_for_everyone()
+    elif BINDING_MODALITY in wanted:
+        _say(accelerator, f"bind {BINDING_MODALITY}: already trained in {out / BINDING_MODALITY} (use --retrain to train again)")
     for m in wanted:
         if m == BINDING_MODALITY:
             continue
