@@ -15,6 +15,9 @@ PYTEST_ARGS ?=
 quickstart: $(STAMP)
 	$(BIN)/anybind plugins
 	$(BIN)/anybind embed "a handwritten seven"
+	@test -f runs/world/manifest.jsonl || $(BIN)/anybind world build runs/world
+	$(BIN)/anybind train bind --manifest runs/world --out runs/bind
+	$(BIN)/anybind eval bind --model runs/bind --manifest runs/world
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -14,7 +14,8 @@ Manifest format (one JSON object per line; a user's own data uses the same forma
 
 A row is one example: the modalities named in a row are paired with each other. Rows
 that share a ``label`` are treated as the same class (class-level pairing: an audio row
-is paired with images of its label). Paths are relative to the manifest's folder.
+is paired with images of its label). ``meta`` holds free-form details (voice, speed, ...).
+Paths are relative to the manifest's folder.
 ``world.json`` beside it gives the zero-shot prompt template and the label set.
 """
 
@@ -40,7 +41,7 @@ CAPTION_TEMPLATES = (
     "a scanned {word}",
 )
 PROMPT_TEMPLATE = "a handwritten {label}"
-RESERVED_KEYS = ("id", "split", "label", "text")
+RESERVED_KEYS = ("id", "split", "label", "text", "meta")
 SPLITS = ("train", "test")
 
 
@@ -113,13 +114,14 @@ class WorldBuilder:
         """Attach a file to digit ``index``: it is paired with that digit's image."""
         self._digit_rows[index][modality] = path.relative_to(self.root).as_posix()
 
-    def add(self, modality: str, path: Path, label: str, split: str, **extra: Any) -> None:
-        """Add a file paired by class label only (e.g. a spoken digit word)."""
+    def add(self, modality: str, path: Path, label: str, split: str, **meta: Any) -> None:
+        """Add a file paired by class label only (e.g. a spoken digit word); ``meta`` is kept as-is."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
         row_id = f"{modality[0]}{len(self._class_rows):05d}"
         self._class_rows.append(
-            {"id": row_id, "split": split, "label": label, modality: path.relative_to(self.root).as_posix(), **extra}
+            {"id": row_id, "split": split, "label": label, modality: path.relative_to(self.root).as_posix(),
+             **({"meta": meta} if meta else {})}
         )
 
     def rows(self) -> list[dict[str, Any]]:

@@ -1,0 +1,159 @@
+"""Audio loader, 16 kHz mono tokenizer, and encoder: log-mel -> strided conv patches -> transformer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from anybind.errors import InputError
+from anybind.modality import EncoderOutput, ModalityEncoder
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass
+class Audio:
+    samples: np.ndarray  # (N,) float32 mono
+    sample_rate: int
+
+
+def load_audio(path) -> Audio:
+    """wav/flac/ogg through soundfile, anything else (mp3, m4a, ...) through PyAV; mixed to mono."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty audio file")
+    if path.suffix.lower() in (".wav", ".flac", ".ogg"):
+        import soundfile as sf
+
+        try:
+            data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+            raise InputError(path, f"not readable audio ({exc})") from None
+        samples = data.mean(axis=1)
+    else:
+        samples, rate = _decode_with_pyav(path)
+    if len(samples) == 0:
+        raise InputError(path, "audio has zero length")
+    if not np.isfinite(samples).all():
+        raise InputError(path, "audio contains NaN or infinite samples")
+    if rate < 4000:
+        raise InputError(path, f"sample rate {rate} Hz is too low (need at least 4000 Hz)")
+    return Audio(samples.astype(np.float32), int(rate))
+
+
+def _decode_with_pyav(path: Path) -> tuple[np.ndarray, int]:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise InputError(path, "has no audio stream")
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate or SAMPLE_RATE)
+            chunks = [c.to_ndarray().reshape(-1) for frame in container.decode(stream) for c in resampler.resample(frame)]
+            rate = stream.rate or SAMPLE_RATE
+    except InputError:
+        raise
+    except (av.FFmpegError, ValueError) as exc:
+        raise InputError(path, f"not readable audio ({exc})") from None
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), rate
+
+
+@dataclass
+class AudioEncoderConfig:
+    seconds: float = 1.0  # clips are cropped (centre) or zero-padded to this length
+    mels: int = 40
+    width: int = 128
+    conv_channels: int = 64
+    layers: int = 1  # transformer layers over the conv patch tokens
+    heads: int = 4
+    noise_snr_db: tuple = (5.0, 40.0)  # training-time noise
+    spec_masks: int = 2  # SpecAugment masks of each kind, training only
+
+
+class AudioEncoder(ModalityEncoder):
+    """(B, samples) 16 kHz -> log-mel (B, M, T) -> conv patches (B, T/8, W) -> transformer."""
+
+    Config = AudioEncoderConfig
+
+    def __init__(self, config: AudioEncoderConfig | None = None):
+        super().__init__(config or AudioEncoderConfig())
+        import torchaudio
+
+        c = self.config
+        self.melspec = torchaudio.transforms.MelSpectrogram(
+            SAMPLE_RATE, n_fft=400, win_length=400, hop_length=160, n_mels=c.mels, f_min=20, f_max=7600
+        )
+
+        def block(c_in, c_out):
+            return [nn.Conv1d(c_in, c_out, 5, padding=2, bias=False), nn.BatchNorm1d(c_out), nn.ReLU()]
+
+        h = c.conv_channels
+        # Mel bins as channels; three 2x poolings turn 10 ms frames into 80 ms patch tokens.
+        self.patches = nn.Sequential(*block(c.mels, h), nn.MaxPool1d(2), *block(h, h), nn.MaxPool1d(2),
+                                     *block(h, c.width), nn.MaxPool1d(2), *block(c.width, c.width))
+        layer = nn.TransformerEncoderLayer(c.width, c.heads, dim_feedforward=2 * c.width, dropout=0.0,
+                                           batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, c.layers, enable_nested_tensor=False)
+
+    @property
+    def length(self) -> int:
+        return int(round(self.config.seconds * SAMPLE_RATE))
+
+    def preprocess(self, raw: Audio) -> dict[str, torch.Tensor]:
+        import torchaudio
+
+        wave = torch.from_numpy(raw.samples)
+        if raw.sample_rate != SAMPLE_RATE:
+            wave = torchaudio.functional.resample(wave, raw.sample_rate, SAMPLE_RATE)
+        wave = wave / wave.abs().max().clamp(min=1e-6) * 0.5  # loudness-normalised
+        n = min(len(wave), self.length)
+        start = (len(wave) - n) // 2
+        out = torch.zeros(self.length)
+        out[:n] = wave[start : start + n]
+        return {"wave": out, "length": torch.tensor(n)}
+
+    def augment(self, batch):
+        """Random placement in the window, gain, and white or low-passed noise at a random SNR."""
+        import torchaudio
+
+        wave, length = batch["wave"], batch["length"]
+        b, total = wave.shape
+        shifted = torch.zeros_like(wave)
+        for i in range(b):
+            n = int(length[i])
+            offset = int(torch.randint(0, total - n + 1, ()))
+            shifted[i, offset : offset + n] = wave[i, :n]
+        shifted = shifted * torch.empty(b, 1).uniform_(0.3, 1.5)
+        noise = torch.randn_like(shifted)
+        if torch.rand(()) < 0.5:
+            noise = torchaudio.functional.lowpass_biquad(noise, SAMPLE_RATE, float(torch.empty(()).uniform_(500, 4000)))
+            noise = noise / noise.std(dim=1, keepdim=True).clamp(min=1e-6)
+        power = shifted.pow(2).sum(1, keepdim=True) / length.float().clamp(min=1)[:, None]
+        snr = torch.empty(b, 1).uniform_(*self.config.noise_snr_db)
+        return {"wave": shifted + noise * (power / 10 ** (snr / 10)).sqrt(), "length": length}
+
+    def _spec_augment(self, mel: torch.Tensor) -> torch.Tensor:
+        b, m, t = mel.shape
+        keep = torch.ones_like(mel)
+        for i in range(b):
+            for _ in range(self.config.spec_masks):
+                f = int(torch.randint(0, m // 5 + 1, ()))
+                f0 = int(torch.randint(0, m - f + 1, ()))
+                keep[i, f0 : f0 + f] = 0
+                w = int(torch.randint(0, t // 8 + 1, ()))
+                t0 = int(torch.randint(0, t - w + 1, ()))
+                keep[i, :, t0 : t0 + w] = 0
+        return mel * keep
+
+    def forward(self, wave: torch.Tensor, length: torch.Tensor | None = None) -> EncoderOutput:
+        mel = (self.melspec(wave) + 1e-6).log()  # (B, M, T)
+        mel = (mel - mel.mean(dim=(1, 2), keepdim=True)) / (mel.std(dim=(1, 2), keepdim=True) + 1e-5)
+        if self.training and self.config.spec_masks:
+            mel = self._spec_augment(mel)
+        tokens = self.patches(mel).transpose(1, 2)  # (B, T/8, W)
+        return EncoderOutput(tokens=self.transformer(tokens))

@@ -1,0 +1,19 @@
+"""anybind-pointcloud: 3-D point clouds as a modality (Point-BERT-style tokens)."""
+
+import anybind
+from anybind.specs import ModalitySpec
+
+
+@anybind.hookimpl
+def register_modalities(register):
+    register(
+        ModalitySpec(
+            name="pointcloud",
+            description="Point clouds (.ply .xyz .npy .off); FPS + kNN groups -> mini-PointNet -> transformer",
+            suffixes=(".ply", ".xyz", ".npy", ".off"),
+            loader="anybind_pointcloud.io:load_points",
+            encoder="anybind_pointcloud.encoder:PointCloudEncoder",
+            world="anybind_pointcloud.world:build",
+            train={"steps": 300, "batch_size": 64, "lr": 2e-3},
+        )
+    )

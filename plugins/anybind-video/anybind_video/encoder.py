@@ -1,0 +1,84 @@
+"""Video loader (PyAV), frame sampler and encoder: per-frame image trunk + temporal attention."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch import nn
+
+from anybind.errors import InputError
+from anybind.modality import EncoderOutput, ModalityEncoder
+
+
+def load_video(path) -> np.ndarray:
+    """Decode every frame as RGB: (F, H, W, 3) uint8. Errors name the file."""
+    import av
+
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty video file")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError(path, "has no video stream")
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except InputError:
+        raise
+    except (av.FFmpegError, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not a readable video ({exc})") from None
+    if not frames:
+        raise InputError(path, "video has no frames")
+    return np.stack(frames)
+
+
+@dataclass
+class VideoEncoderConfig:
+    frames: int = 4  # frames sampled evenly per clip
+    image_size: int = 32
+    width: int = 128
+    channels: tuple = (32, 64)
+    temporal_layers: int = 1
+    heads: int = 4
+    mean: tuple = (0.5, 0.5, 0.5)
+    std: tuple = (0.5, 0.5, 0.5)
+
+
+class VideoEncoder(ModalityEncoder):
+    """(B, T, 3, H, W) -> image trunk per frame -> frame vectors (B, T, W) -> temporal attention."""
+
+    Config = VideoEncoderConfig
+
+    def __init__(self, config: VideoEncoderConfig | None = None):
+        super().__init__(config or VideoEncoderConfig())
+        from anybind_image.encoder import ConvTrunk
+
+        c = self.config
+        self.trunk = ConvTrunk(c.width, tuple(c.channels))
+        self.time_embed = nn.Parameter(torch.zeros(1, c.frames, c.width))
+        layer = nn.TransformerEncoderLayer(c.width, c.heads, dim_feedforward=2 * c.width, dropout=0.0,
+                                           batch_first=True, norm_first=True)
+        self.temporal = nn.TransformerEncoder(layer, c.temporal_layers, enable_nested_tensor=False)
+
+    def init_from(self, other: ModalityEncoder) -> None:
+        """Start from the image modality's trained conv trunk (same sizes required)."""
+        self.trunk.load_state_dict(other.trunk.state_dict())
+
+    def preprocess(self, raw: np.ndarray) -> dict[str, torch.Tensor]:
+        c = self.config
+        index = np.linspace(0, len(raw) - 1, c.frames).round().astype(int)
+        frames = torch.from_numpy(raw[index]).float().div(255)  # (T, H, W, 3)
+        frames = rearrange(frames, "t h w c -> t c h w")
+        frames = nn.functional.interpolate(frames, size=(c.image_size, c.image_size), mode="bilinear", align_corners=False)
+        mean = torch.tensor(c.mean).view(1, 3, 1, 1)
+        std = torch.tensor(c.std).view(1, 3, 1, 1)
+        return {"frames": (frames - mean) / std}
+
+    def forward(self, frames: torch.Tensor) -> EncoderOutput:
+        b = frames.shape[0]
+        per_frame = self.trunk.forward_features(rearrange(frames, "b t c h w -> (b t) c h w"))  # (B*T, N, W)
+        vectors = rearrange(per_frame.mean(dim=1), "(b t) w -> b t w", b=b)  # (B, T, W)
+        return EncoderOutput(tokens=self.temporal(vectors + self.time_embed))
