@@ -37,7 +37,9 @@ def _read_ply(path: Path) -> np.ndarray:
     if not {"x", "y", "z"} <= set(names):
         raise InputError(path, "PLY vertices have no x, y, z properties")
     if fmt == "ascii":
-        rows = body.decode("ascii", errors="replace").split("\n")[:count]
+        rows = [r for r in body.decode("ascii", errors="replace").split("\n") if r.strip()][:count]
+        if len(rows) < count:
+            raise InputError(path, f"header promises {count} vertices, file has {len(rows)} (truncated?)")
         try:
             table = np.array([[float(v) for v in r.split()[: len(props)]] for r in rows], dtype=np.float64)
         except ValueError:

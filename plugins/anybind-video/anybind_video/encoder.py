@@ -28,6 +28,8 @@ def load_video(path) -> np.ndarray:
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     except InputError:
         raise
+    except av.error.EOFError:
+        raise InputError(path, "video has no frames (empty or truncated stream)") from None
     except (av.FFmpegError, ValueError, UnicodeDecodeError) as exc:
         raise InputError(path, f"not a readable video ({exc})") from None
     if not frames:
