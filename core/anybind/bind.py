@@ -102,6 +102,13 @@ class _Stage(nn.Module):
         super().__init__()
         self.tower, self.loss, self.text_head = tower, loss, text_head
 
+    def forward(self, batch: dict[str, torch.Tensor], target: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
+        """Loss of one batch; ``target`` is frozen text features (through the head) or image embeddings."""
+        embedding = self.tower(**batch)  # (B, D)
+        if self.text_head is not None:
+            target = F.normalize(self.text_head(target), dim=-1)
+        return self.loss(embedding, target, groups, groups)
+
 
 def _run_loop(
     *,
@@ -215,10 +222,8 @@ def bind_image_text(manifest: Manifest, out: Path, settings: BindSettings, accel
 
     def step_fn(model, indices):
         batch = _to(encoder.augment(encoder.collate([samples[i] for i in indices])), accelerator.device)
-        image_emb = model.tower(**batch)  # (B, D)
-        text_emb = F.normalize(model.text_head(text_features[indices].to(accelerator.device)), dim=-1)
         g = groups[indices].to(accelerator.device) if groups is not None else None
-        return model.loss(image_emb, text_emb, g, g)
+        return model(batch, text_features[indices].to(accelerator.device), g)
 
     seconds = _run_loop(name=BINDING_MODALITY, stage=stage, n_rows=len(rows), step_fn=step_fn, hp=hp,
                         settings=settings, accelerator=accelerator, progress_dir=out / ".progress" / BINDING_MODALITY, metrics=metrics)
@@ -266,11 +271,9 @@ def bind_to_images(modality: str, manifest: Manifest, out: Path, settings: BindS
 
     def step_fn(model, indices):
         batch = _to(encoder.augment(encoder.collate([samples[i] for i in indices])), accelerator.device)
-        x_emb = model.tower(**batch)
         target_rows = [own_image[i] if own_image[i] is not None else pick.choice(by_label[x_rows[i]["label"]]) for i in indices]
-        target = image_emb[target_rows].to(accelerator.device)
         g = groups[indices].to(accelerator.device) if groups is not None else None
-        return model.loss(x_emb, target, g, g)
+        return model(batch, image_emb[target_rows].to(accelerator.device), g)
 
     seconds = _run_loop(name=modality, stage=stage, n_rows=len(x_rows), step_fn=step_fn, hp=hp, settings=settings,
                         accelerator=accelerator, progress_dir=out / ".progress" / modality, metrics=metrics)
