@@ -26,9 +26,12 @@ from anybind.persistence import PretrainedMixin
 class EncoderOutput:
     tokens: torch.Tensor  # (B, N, W)
     mask: torch.Tensor | None = None  # (B, N), True where a token is real
+    summary: torch.Tensor | None = None  # (B, W), an encoder's own pooling, if it has one
 
     def pooled(self) -> torch.Tensor:
-        """Masked mean over tokens: (B, N, W) -> (B, W)."""
+        """The encoder's summary if given, else the masked mean over tokens: (B, N, W) -> (B, W)."""
+        if self.summary is not None:
+            return self.summary
         if self.mask is None:
             return self.tokens.mean(dim=1)
         weights = self.mask.to(self.tokens.dtype).unsqueeze(-1)  # (B, N, 1)

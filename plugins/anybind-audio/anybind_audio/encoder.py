@@ -151,9 +151,10 @@ class AudioEncoder(ModalityEncoder):
         return mel * keep
 
     def forward(self, wave: torch.Tensor, length: torch.Tensor | None = None) -> EncoderOutput:
+        # No per-utterance normalisation: it made echo-y unseen voices collapse in our trials.
         mel = (self.melspec(wave) + 1e-6).log()  # (B, M, T)
-        mel = (mel - mel.mean(dim=(1, 2), keepdim=True)) / (mel.std(dim=(1, 2), keepdim=True) + 1e-5)
         if self.training and self.config.spec_masks:
             mel = self._spec_augment(mel)
-        tokens = self.patches(mel).transpose(1, 2)  # (B, T/8, W)
-        return EncoderOutput(tokens=self.transformer(tokens))
+        tokens = self.transformer(self.patches(mel).transpose(1, 2))  # (B, T/8, W)
+        # Mean + max over time: a short word is a peak in a mostly silent window.
+        return EncoderOutput(tokens=tokens, summary=tokens.mean(dim=1) + tokens.amax(dim=1))

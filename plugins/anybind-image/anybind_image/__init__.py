@@ -17,5 +17,6 @@ def register_modalities(register):
             loader="anybind_image.encoder:load_image",
             encoder="anybind_image.encoder:ImageEncoder",
             world="anybind_image.world:build",
+            train={"steps": 250, "batch_size": 128, "lr": 2e-3, "weight_decay": 1e-4},
         )
     )

@@ -35,15 +35,16 @@ def load_image(path):
 class ConvTrunk(torch.nn.Module):
     """A small conv net: (B, 3, H, W) -> (B, (H/8)*(W/8), width) tokens. Fast on CPU."""
 
-    def __init__(self, width: int, channels: tuple = (32, 64)):
+    def __init__(self, width: int, channels: tuple = (16, 32), convs_per_stage: int = 1):
         super().__init__()
         from torch import nn
 
         layers, c_in = [], 3
         for c_out in (*channels, width):
-            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.GELU(),
-                       nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.GELU(), nn.MaxPool2d(2)]
-            c_in = c_out
+            for _ in range(convs_per_stage):
+                layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+                c_in = c_out
+            layers.append(nn.MaxPool2d(2))
         self.net = nn.Sequential(*layers)
 
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -60,12 +61,13 @@ class ImageEncoderConfig:
 
     arch: str = "cnn"
     image_size: int = 32
-    patch_size: int = 4
-    width: int = 128
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 2.0
-    channels: tuple = (32, 64)
+    patch_size: int = 4  # vit
+    width: int = 64
+    depth: int = 4  # vit
+    heads: int = 4  # vit
+    mlp_ratio: float = 2.0  # vit
+    channels: tuple = (16, 32)  # cnn: channels of the stages before the last (which has `width`)
+    convs_per_stage: int = 1  # cnn
     mean: tuple = (0.5, 0.5, 0.5)
     std: tuple = (0.5, 0.5, 0.5)
 
@@ -82,7 +84,7 @@ class ImageEncoder(ModalityEncoder):
 
         c = self.config
         if c.arch == "cnn":
-            self.trunk = ConvTrunk(c.width, tuple(c.channels))
+            self.trunk = ConvTrunk(c.width, tuple(c.channels), c.convs_per_stage)
         elif c.arch != "vit":
             self.trunk = timm.create_model(c.arch, pretrained=False, num_classes=0, img_size=c.image_size)
             c.width = int(self.trunk.num_features)

@@ -80,4 +80,5 @@ class PointCloudEncoder(ModalityEncoder):
         pooled = per_point.max(dim=2).values  # (B, G, W)
         per_point = torch.cat([per_point, pooled[:, :, None].expand_as(per_point)], dim=-1)
         groups = self.group_mlp(per_point).max(dim=2).values  # (B, G, W)
-        return EncoderOutput(tokens=self.transformer(groups + self.centre_embed(centres)))
+        tokens = self.transformer(groups + self.centre_embed(centres))  # (B, G, W)
+        return EncoderOutput(tokens=tokens, summary=tokens.mean(dim=1) + tokens.amax(dim=1))

@@ -41,8 +41,9 @@ def load_video(path) -> np.ndarray:
 class VideoEncoderConfig:
     frames: int = 4  # frames sampled evenly per clip
     image_size: int = 32
-    width: int = 128
-    channels: tuple = (32, 64)
+    width: int = 64  # must match the image trunk it starts from
+    channels: tuple = (16, 32)
+    convs_per_stage: int = 1
     temporal_layers: int = 1
     heads: int = 4
     mean: tuple = (0.5, 0.5, 0.5)
@@ -59,7 +60,7 @@ class VideoEncoder(ModalityEncoder):
         from anybind_image.encoder import ConvTrunk
 
         c = self.config
-        self.trunk = ConvTrunk(c.width, tuple(c.channels))
+        self.trunk = ConvTrunk(c.width, tuple(c.channels), c.convs_per_stage)
         self.time_embed = nn.Parameter(torch.zeros(1, c.frames, c.width))
         layer = nn.TransformerEncoderLayer(c.width, c.heads, dim_feedforward=2 * c.width, dropout=0.0,
                                            batch_first=True, norm_first=True)
