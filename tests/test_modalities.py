@@ -101,7 +101,7 @@ def test_video_round_trip_and_encoder(tmp_path):
     encoder = VideoEncoder()
     sample = encoder.preprocess(frames)
     assert sample["frames"].shape == (4, 3, 32, 32)
-    assert encoder(**encoder.collate([sample, sample])).tokens.shape == (2, 4, 128)
+    assert encoder(**encoder.collate([sample, sample])).tokens.shape == (2, 4, 64)
 
 
 def test_video_trunk_initialises_from_the_image_trunk():

@@ -362,7 +362,13 @@ def eval_bind_command(model_dir, manifest, modalities, prompt, as_json):
     import anybind
     from anybind.evaluate import evaluate_bind
 
-    results = evaluate_bind(anybind.load(model_dir), manifest, list(modalities) or None, prompt)
+    towers = None
+    if modalities:  # load only what the evaluation needs: text prompts, images to retrieve, the modalities asked
+        from anybind.persistence import read_config
+
+        trained = read_config(model_dir).get("modalities", [])
+        towers = [m for m in trained if m in {"text", "image", *modalities}]
+    results = evaluate_bind(anybind.load(model_dir, towers), manifest, list(modalities) or None, prompt)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return

@@ -30,7 +30,7 @@ class BindLoss(nn.Module):
 
     @property
     def temperature(self) -> float:
-        return float(1 / self.logit_scale.exp().clamp(max=self.max_logit_scale))
+        return float(1 / self.logit_scale.detach().exp().clamp(max=self.max_logit_scale))
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, groups_a=None, groups_b=None, symmetric: bool = True):
         """a, b: (B, D) L2-normalised; returns the scalar loss."""

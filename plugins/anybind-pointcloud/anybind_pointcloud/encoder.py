@@ -65,7 +65,7 @@ class PointCloudEncoder(ModalityEncoder):
     def augment(self, batch):
         """Random rotation about the vertical axis and scaling, the same for centres and groups."""
         b = batch["centres"].shape[0]
-        angle = (torch.rand(b) - 0.5) * (math.pi / 6)
+        angle = (torch.rand(b) - 0.5) * (math.pi / 12)  # +-7.5 degrees
         cos, sin = angle.cos(), angle.sin()
         rot = torch.zeros(b, 3, 3)
         rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1], rot[:, 2, 2] = cos, -sin, sin, cos, 1
@@ -80,5 +80,4 @@ class PointCloudEncoder(ModalityEncoder):
         pooled = per_point.max(dim=2).values  # (B, G, W)
         per_point = torch.cat([per_point, pooled[:, :, None].expand_as(per_point)], dim=-1)
         groups = self.group_mlp(per_point).max(dim=2).values  # (B, G, W)
-        tokens = self.transformer(groups + self.centre_embed(centres))  # (B, G, W)
-        return EncoderOutput(tokens=tokens, summary=tokens.mean(dim=1) + tokens.amax(dim=1))
+        return EncoderOutput(tokens=self.transformer(groups + self.centre_embed(centres)))  # (B, G, W)
