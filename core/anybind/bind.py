@@ -211,7 +211,7 @@ def bind_image_text(manifest: Manifest, out: Path, settings: BindSettings, accel
     rows = manifest.select("train", has=(BINDING_MODALITY, "text"))
     if not rows:
         raise InputError(manifest.path, "no training rows with both 'image' and 'text' to bind image to text")
-    image_tower = Tower.create(BINDING_MODALITY, settings.embed_dim, hp.get("config"))
+    image_tower = Tower.create(BINDING_MODALITY, settings.embed_dim)
     text_tower = Tower.create("text", settings.embed_dim)
     rows, samples = load_samples(manifest, rows, BINDING_MODALITY, image_tower.encoder, settings, accelerator, bad_log)
     _say(accelerator, f"bind image↔text: {len(rows)} pairs, {hp['steps']} steps, batch {hp['batch_size']}")
@@ -242,7 +242,7 @@ def bind_to_images(modality: str, manifest: Manifest, out: Path, settings: BindS
     x_rows = [r for r in manifest.select("train", has=(modality,)) if BINDING_MODALITY in r or "label" in r]
     if not x_rows:
         raise InputError(manifest.path, f"no training rows pair {modality} with an image or a label")
-    tower = Tower.create(modality, settings.embed_dim, hp.get("config"))
+    tower = Tower.create(modality, settings.embed_dim)
     if hp.get("init_from"):
         source = Tower.from_pretrained(out / hp["init_from"]) if hp["init_from"] != BINDING_MODALITY else image_tower
         tower.encoder.init_from(source.encoder)
@@ -286,7 +286,7 @@ def bind_to_images(modality: str, manifest: Manifest, out: Path, settings: BindS
 def _finish(out: Path, modality: str, hp: dict, seconds: float, rows: int) -> None:
     """Record how the tower was trained, drop its progress, and list it in the model index."""
     write_json_atomic(out / modality / "training.json", {"steps": hp["steps"], "seconds": round(seconds, 2), "rows": rows,
-                                                         "hyperparameters": {k: v for k, v in hp.items() if k != "config"}})
+                                                         "hyperparameters": hp})
     shutil.rmtree(out / ".progress" / modality, ignore_errors=True)
     index = read_config(out) if (out / CONFIG_NAME).is_file() else {}
     trained = {modality} | ({"text"} if modality == BINDING_MODALITY else set())

@@ -44,13 +44,9 @@ class RegistryEntry:
     def pip_target(self) -> str:
         """The pip spec, with a relative path made absolute against the registry's folder."""
         candidate = self.base_dir / self.pip
-        if self.pip.startswith((".", "/")) or "/" in self.pip and candidate.exists():
+        if self.pip.startswith((".", "/")) or ("/" in self.pip and candidate.exists()):
             return str(candidate.resolve())
         return self.pip
-
-    @property
-    def is_local(self) -> bool:
-        return self.pip_target() != self.pip or Path(self.pip).is_absolute()
 
 
 def default_registry_path() -> Path:

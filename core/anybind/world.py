@@ -114,6 +114,13 @@ class WorldBuilder:
         """Attach a file to digit ``index``: it is paired with that digit's image."""
         self._digit_rows[index][modality] = path.relative_to(self.root).as_posix()
 
+    def write_per_digit(self, modality: str, suffix: str, write) -> None:
+        """Call ``write(path, pixels, rng)`` for every digit and attach each file to its digit."""
+        for i in range(len(self.digits)):
+            path = self.path(modality, f"d{i:05d}{suffix}")
+            write(path, self.digits.images[i], self.np_rng)
+            self.attach(i, modality, path)
+
     def add(self, modality: str, path: Path, label: str, split: str, **meta: Any) -> None:
         """Add a file paired by class label only (e.g. a spoken digit word); ``meta`` is kept as-is."""
         if split not in SPLITS:

@@ -16,7 +16,4 @@ def digit_image(pixels: np.ndarray, size: int = SIZE):
 
 
 def build(builder) -> None:
-    for i in range(len(builder.digits)):
-        path = builder.path("image", f"d{i:05d}.png")
-        digit_image(builder.digits.images[i]).save(path)
-        builder.attach(i, "image", path)
+    builder.write_per_digit("image", ".png", lambda path, pixels, rng: digit_image(pixels).save(path))

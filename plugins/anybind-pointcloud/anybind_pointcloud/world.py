@@ -30,8 +30,4 @@ def extrude(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def build(builder) -> None:
-    rng = builder.np_rng
-    for i in range(len(builder.digits)):
-        path = builder.path("pointcloud", f"d{i:05d}.ply")
-        write_ply(path, extrude(builder.digits.images[i], rng))
-        builder.attach(i, "pointcloud", path)
+    builder.write_per_digit("pointcloud", ".ply", lambda path, pixels, rng: write_ply(path, extrude(pixels, rng)))

@@ -44,8 +44,4 @@ def write_mp4(path, frames: list[np.ndarray], fps: int = FPS) -> None:
 
 
 def build(builder) -> None:
-    rng = builder.np_rng
-    for i in range(len(builder.digits)):
-        path = builder.path("video", f"d{i:05d}.mp4")
-        write_mp4(path, render_clip(builder.digits.images[i], rng))
-        builder.attach(i, "video", path)
+    builder.write_per_digit("video", ".mp4", lambda path, pixels, rng: write_mp4(path, render_clip(pixels, rng)))
