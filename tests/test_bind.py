@@ -114,3 +114,33 @@ def test_manifest_errors_name_file_and_line(tmp_path):
     bad.write_text('{"image": "a.png", "split": "validation"}\n')
     with pytest.raises(InputError, match=r"m\.jsonl:1: split must be one of train, test"):
         read_manifest(bad)
+
+
+def test_an_interrupted_bind_resumes_from_its_last_checkpoint(world, tmp_path, monkeypatch):
+    from anybind.bind import BindSettings, train_bind
+    from anybind.losses import BindLoss
+
+    calls = {"n": 0}
+    real_forward = BindLoss.forward
+
+    def interrupted_forward(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(BindLoss, "forward", interrupted_forward)
+    settings = BindSettings(steps=20, batch_size=32, save_every=10, progress=False)
+    out = tmp_path / "bind"
+    with pytest.raises(KeyboardInterrupt):
+        train_bind(world, out, ["image"], settings)
+    progress = out / ".progress" / "image"
+    assert json.loads((progress / "state.json").read_text()) == {"step": 10}
+    assert not (out / "image").exists()  # nothing half-trained is presented as a model
+
+    monkeypatch.setattr(BindLoss, "forward", real_forward)
+    train_bind(world, out, ["image"], settings)
+    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines() if "step" in l]
+    assert steps[-1] == 20 and 11 in steps  # logged again from step 11, not from 1
+    assert steps.count(1) == 1
+    assert not progress.exists() and (out / "image" / "training.json").is_file()
