@@ -1,6 +1,5 @@
 """The audio, video and point-cloud plugins: loaders, bad input, tokenizers and encoders."""
 
-import json
 
 import numpy as np
 import pytest
