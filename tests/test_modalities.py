@@ -207,3 +207,16 @@ def test_cli_embed_names_a_bad_point_cloud(tmp_path):
 
 def test_every_first_party_modality_is_registered():
     assert {"text", "image", "audio", "video", "pointcloud"} <= set(plugins.modalities())
+
+
+def test_audio_world_holds_out_whole_voices(tmp_path):
+    run_cli("world", "build", str(tmp_path), "--modality", "audio", "--small", check=True)
+    from anybind.world import read_manifest
+
+    rows = read_manifest(tmp_path).select(has=("audio",))
+    voices = {split: {r["meta"]["voice"].split("+")[1] for r in rows if r["split"] == split} for split in ("train", "test")}
+    assert len(voices["test"]) == 5 and len(voices["train"]) == 20
+    assert not voices["train"] & voices["test"]
+    assert {r["label"] for r in rows} == {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+    clip = load_audio(rows[0]["audio"])
+    assert clip.sample_rate == 16000 and 0.1 < len(clip.samples) / 16000 < 1.5
