@@ -26,7 +26,7 @@ from torch import nn
 from anybind import plugins
 from anybind.errors import AnybindError, InputError
 from anybind.losses import BindLoss
-from anybind.model import BOUND_FORMAT, Tower
+from anybind.model import Tower, update_bound_index
 from anybind.persistence import CONFIG_NAME, load_model_dir, read_config, save_model_dir, write_json_atomic
 from anybind.trainer import MetricsLog, load_optimizer, make_accelerator, progress_step, save_progress
 from anybind.world import Manifest, read_manifest
@@ -288,10 +288,8 @@ def _finish(out: Path, modality: str, hp: dict, seconds: float, rows: int) -> No
     write_json_atomic(out / modality / "training.json", {"steps": hp["steps"], "seconds": round(seconds, 2), "rows": rows,
                                                          "hyperparameters": hp})
     shutil.rmtree(out / ".progress" / modality, ignore_errors=True)
-    index = read_config(out) if (out / CONFIG_NAME).is_file() else {}
     trained = {modality} | ({"text"} if modality == BINDING_MODALITY else set())
-    write_json_atomic(out / CONFIG_NAME, {**index, "format": BOUND_FORMAT, "embed_dim": read_config(out / modality)["embed_dim"],
-                                          "modalities": sorted(set(index.get("modalities", [])) | trained)})
+    update_bound_index(out, read_config(out / modality)["embed_dim"], trained)
 
 
 def is_trained(out: Path, modality: str) -> bool:

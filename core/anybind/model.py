@@ -177,15 +177,8 @@ class AnybindModel(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         for name, tower in self.towers.items():
             tower.save_pretrained(path / name)
-        self._write_index(path, extra)
+        update_bound_index(path, self.embed_dim, self.towers, **extra)
         return path
-
-    def _write_index(self, path: Path, extra: dict | None = None) -> None:
-        index = read_config(path) if (path / CONFIG_NAME).is_file() else {}
-        index.update(extra or {})
-        index.update({"format": BOUND_FORMAT, "embed_dim": self.embed_dim})
-        index["modalities"] = sorted(set(index.get("modalities", [])) | set(self.towers))
-        write_json_atomic(path / CONFIG_NAME, index)
 
     @classmethod
     def from_pretrained(cls, path: Path | str, modalities: Iterable[str] | None = None) -> "AnybindModel":
@@ -200,6 +193,15 @@ class AnybindModel(nn.Module):
                 raise CheckpointError(f"{path}: has no {name} tower (trained: {', '.join(index.get('modalities', []))})")
             towers[name] = Tower.from_pretrained(path / name)
         return cls(towers)
+
+
+def update_bound_index(path: Path, embed_dim: int, modalities: Iterable[str], **extra: object) -> None:
+    """Add ``modalities`` to the bound model's ``config.json`` (created if missing), keeping the rest."""
+    index = read_config(path) if (path / CONFIG_NAME).is_file() else {}
+    index.update(extra)
+    index.update({"format": BOUND_FORMAT, "embed_dim": embed_dim})
+    index["modalities"] = sorted(set(index.get("modalities", [])) | set(modalities))
+    write_json_atomic(path / CONFIG_NAME, index)
 
 
 def load(path: Path | str | None = None, modalities: Iterable[str] | None = None) -> AnybindModel:
