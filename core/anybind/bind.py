@@ -65,20 +65,16 @@ def load_samples(manifest: Manifest, rows: list[dict], modality: str, encoder, s
         try:
             raw = spec.load(path) if spec.reads_files else path
             sample = encoder.preprocess(raw)
-        except InputError as exc:
+        except (InputError, FileNotFoundError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                problem = "file not found"
+            else:
+                problem = exc.problem if exc.path == str(path) else str(exc)
             where = f"{manifest.path}:{row['_line']}"
-            problem = exc.problem if exc.path == str(path) else str(exc)
             if settings.on_bad_row == "stop":
                 raise InputError(path, f"{problem} (manifest row {where}; use --on-bad-row skip to skip bad rows)") from None
             _say(accelerator, f"skipping {path}: {problem} ({where})")
             bad_log.write(file=str(path), problem=problem, manifest_row=where, modality=modality)
-            continue
-        except FileNotFoundError:
-            where = f"{manifest.path}:{row['_line']}"
-            if settings.on_bad_row == "stop":
-                raise InputError(path, f"file not found (manifest row {where})") from None
-            _say(accelerator, f"skipping {path}: file not found ({where})")
-            bad_log.write(file=str(path), problem="file not found", manifest_row=where, modality=modality)
             continue
         kept.append(row)
         samples.append(sample)
@@ -251,9 +247,7 @@ def bind_to_images(modality: str, manifest: Manifest, out: Path, settings: BindS
     # Frozen targets: every training image embedded once.
     image_rows, image_samples = load_samples(manifest, image_rows, BINDING_MODALITY, image_tower.encoder,
                                              BindSettings(on_bad_row="skip", progress=settings.progress), accelerator, bad_log)
-    with torch.no_grad():
-        image_emb = torch.cat([image_tower(**image_tower.encoder.collate(image_samples[i : i + 256]))
-                               for i in range(0, len(image_samples), 256)])  # (N_img, D)
+    image_emb = image_tower.embed_samples(image_samples, batch_size=256)  # (N_img, D)
     by_id = {r["id"]: i for i, r in enumerate(image_rows)}
     by_label: dict[str, list[int]] = {}
     for i, r in enumerate(image_rows):

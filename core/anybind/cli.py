@@ -390,6 +390,7 @@ def retrieve(query, corpus, model_dir, top_k, modalities, as_json):
     from pathlib import Path
 
     import anybind
+    from anybind.evaluate import embed_rows
     from anybind.model import resolve_input
 
     model = anybind.load(model_dir)
@@ -412,8 +413,6 @@ def retrieve(query, corpus, model_dir, top_k, modalities, as_json):
     query_vec = model.embed_resolved([resolve_input(query)])[0]
     scored = []
     for modality, paths in by_modality.items():
-        from anybind.evaluate import embed_rows
-
         rows, emb = embed_rows(model, [{modality: p} for p in paths], modality)
         scored += [(float(s), modality, r[modality]) for s, r in zip((emb @ query_vec).tolist(), rows)]
     scored.sort(reverse=True)

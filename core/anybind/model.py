@@ -60,6 +60,17 @@ class Tower(nn.Module):
         encoder_config = config_from_dict(encoder_cls.Config, merged, source=f"{modality} encoder config")
         return cls(modality, encoder_cls(encoder_config), embed_dim)
 
+    @torch.no_grad()
+    def embed_samples(self, samples: Sequence[dict[str, torch.Tensor]], batch_size: int = 64) -> torch.Tensor:
+        """Embed preprocessed samples in eval mode, batch by batch: (N, D) on the CPU."""
+        self.eval()
+        device = next(self.parameters()).device
+        chunks = []
+        for start in range(0, len(samples), batch_size):
+            batch = self.encoder.collate(list(samples[start : start + batch_size]))
+            chunks.append(self(**{k: v.to(device) for k, v in batch.items()}).float().cpu())
+        return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
+
     def save_pretrained(self, path: Path | str) -> Path:
         state = {f"head.{k}": v for k, v in self.head.state_dict().items()}
         if not self.encoder.frozen:
@@ -142,18 +153,10 @@ class AnybindModel(nn.Module):
             )
         return self.towers[modality]
 
-    @torch.no_grad()
     def embed_raw(self, modality: str, raws: Sequence[object], batch_size: int = 64) -> torch.Tensor:
         """Embed already-loaded raw samples of one modality: (N, D)."""
         tower = self.tower(modality)
-        tower.eval()
-        device = next(tower.parameters()).device
-        chunks = []
-        for start in range(0, len(raws), batch_size):
-            samples = [tower.encoder.preprocess(raw) for raw in raws[start : start + batch_size]]
-            batch = {k: v.to(device) for k, v in tower.encoder.collate(samples).items()}
-            chunks.append(tower(**batch).float().cpu())
-        return torch.cat(chunks) if chunks else torch.empty(0, self.embed_dim)
+        return tower.embed_samples([tower.encoder.preprocess(raw) for raw in raws], batch_size)
 
     def embed(self, inputs: Iterable[str | Path], batch_size: int = 64) -> torch.Tensor:
         """Embed files (any installed modality, chosen by suffix) and texts: (N, D), L2-normalised.
