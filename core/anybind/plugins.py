@@ -37,6 +37,7 @@ pm.add_hookspecs(hookspecs)
 _NOUNS = {"modalities": "modality", "decoders": "decoder", "backbones": "backbone"}
 _lock = threading.RLock()
 _loaded = False
+_collected = None  # the _Collected specs, until the plugin set changes
 
 
 @dataclass
@@ -96,8 +97,15 @@ def _unknown_hook_message(plugin) -> str | None:
     return None
 
 
+def _invalidate() -> None:
+    """Forget the collected specs; the next getter calls the registration hooks again."""
+    global _collected
+    _collected = None
+
+
 def _register(plugin, name: str, origin: str, version: str) -> None:
     """Register one plugin object, recording instead of raising when it is broken."""
+    _invalidate()
     try:
         pm.register(plugin, name=name)
     except ValueError:  # already registered under this name: idempotent
@@ -155,6 +163,7 @@ def register_plugin(plugin, name: str) -> None:
 
 
 def unregister_plugin(name: str) -> None:
+    _invalidate()
     if pm.get_plugin(name) is not None:
         pm.unregister(name=name)
     _origins.pop(name, None)
@@ -179,6 +188,7 @@ def register_commands(cli) -> None:
                 f"register_commands failed: {type(exc).__name__}: {exc}"
             )
         _command_owners[impl.plugin_name] = sorted(set(cli.commands) - before)
+    _invalidate()
 
 
 # -- collecting specs -------------------------------------------------------------------
@@ -194,8 +204,21 @@ class _Collected:
 
 
 def _collect() -> _Collected:
-    """Call every registration hook, one plugin at a time, attributing errors."""
+    """The specs of every registered plugin, collected once per change of the plugin set.
+
+    Getters run per file (e.g. the modality for each path of a corpus), so the hooks are
+    not called again until a plugin is registered or unregistered.
+    """
+    global _collected
     load_plugins()
+    with _lock:
+        if _collected is None:
+            _collected = _call_registration_hooks()
+        return _collected
+
+
+def _call_registration_hooks() -> _Collected:
+    """Call every registration hook, one plugin at a time, attributing errors."""
     infos: dict[str, PluginInfo] = {}
     for name in pm.list_name_plugin():
         pname = name[0]
