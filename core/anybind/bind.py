@@ -11,13 +11,11 @@ modality is never retrained or rewritten), mid-stage progress to ``OUT/.progress
 
 from __future__ import annotations
 
-import math
 import random
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +25,8 @@ from anybind import plugins
 from anybind.errors import AnybindError, InputError
 from anybind.losses import BindLoss
 from anybind.model import Tower, update_bound_index
-from anybind.persistence import CONFIG_NAME, load_model_dir, read_config, save_model_dir, write_json_atomic
-from anybind.trainer import MetricsLog, load_optimizer, make_accelerator, progress_step, save_progress
+from anybind.persistence import CONFIG_NAME, read_config, write_json_atomic
+from anybind.trainer import LoopSettings, MetricsLog, make_accelerator, run_loop, say
 from anybind.world import Manifest, read_manifest
 
 BINDING_MODALITY = "image"
@@ -45,13 +43,6 @@ class BindSettings:
     seed: int = 0
     on_bad_row: str = "skip"  # or "stop"
     progress: bool = True
-
-
-def _say(accelerator, message: str) -> None:
-    if accelerator.is_main_process:
-        from tqdm.auto import tqdm
-
-        tqdm.write(message)
 
 
 def load_samples(manifest: Manifest, rows: list[dict], modality: str, encoder, settings: BindSettings, accelerator, bad_log: MetricsLog):
@@ -73,7 +64,7 @@ def load_samples(manifest: Manifest, rows: list[dict], modality: str, encoder, s
             where = f"{manifest.path}:{row['_line']}"
             if settings.on_bad_row == "stop":
                 raise InputError(path, f"{problem} (manifest row {where}; use --on-bad-row skip to skip bad rows)") from None
-            _say(accelerator, f"skipping {path}: {problem} ({where})")
+            say(accelerator, f"skipping {path}: {problem} ({where})")
             bad_log.write(file=str(path), problem=problem, manifest_row=where, modality=modality)
             continue
         kept.append(row)
@@ -106,76 +97,13 @@ class _Stage(nn.Module):
         return self.loss(embedding, target, groups, groups)
 
 
-def _run_loop(
-    *,
-    name: str,
-    stage: _Stage,
-    n_rows: int,
-    step_fn: Callable[[_Stage, list[int]], torch.Tensor],
-    hp: dict[str, Any],
-    settings: BindSettings,
-    accelerator,
-    progress_dir: Path,
-    metrics: MetricsLog,
-) -> float:
-    """The shared optimisation loop: sampling, AdamW + cosine schedule, logging, resumable saves."""
-    from tqdm.auto import tqdm
-
-    steps = int(hp["steps"])
-    per_process = max(1, int(hp["batch_size"]) // accelerator.num_processes)
-    optimizer = torch.optim.AdamW(
-        [p for p in stage.parameters() if p.requires_grad], lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"])
-    )
-    start = progress_step(progress_dir)
-    if start:
-        stage.load_state_dict(_load_stage_state(progress_dir), strict=False)
-        load_optimizer(optimizer, progress_dir)
-        _say(accelerator, f"{name}: resuming at step {start}/{steps}")
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps))),
-        last_epoch=start - 1 if start else -1,
-    )
-    model, optimizer = accelerator.prepare(stage, optimizer)
-    rng = random.Random(settings.seed * 1000 + accelerator.process_index * 17 + start)
-    began = time.time()
-    bar = tqdm(range(start, steps), desc=f"bind {name}", unit="step", initial=start, total=steps,
-               disable=not (settings.progress and accelerator.is_main_process))
-    loss_value = float("nan")
-    for step in bar:
-        model.train()
-        indices = [rng.randrange(n_rows) for _ in range(per_process)]
-        with accelerator.autocast():
-            loss = step_fn(model, indices)
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        optimizer.step()
-        schedule.step()
-        loss_value = float(loss.detach())
-        unwrapped = accelerator.unwrap_model(model)
-        bar.set_postfix(loss=f"{loss_value:.3f}", temp=f"{unwrapped.loss.temperature:.3f}")
-        if step % 10 == 0 or step == steps - 1:
-            metrics.write(stage="bind", modality=name, step=step + 1, loss=round(loss_value, 5),
-                          temperature=round(unwrapped.loss.temperature, 5), lr=schedule.get_last_lr()[0])
-        if accelerator.is_main_process and settings.save_every and (step + 1) % settings.save_every == 0 and step + 1 < steps:
-            save_progress(progress_dir, step + 1, optimizer, lambda d: _save_stage_state(unwrapped, d))
-    accelerator.wait_for_everyone()
-    if accelerator.num_processes > 1:
-        checksum = torch.stack([p.detach().float().sum() for p in accelerator.unwrap_model(model).parameters()]).sum()
-        gathered = accelerator.gather(checksum.reshape(1).to(accelerator.device))
-        metrics.write(stage="bind", modality=name, event="ranks_in_sync",
-                      in_sync=bool(torch.allclose(gathered, gathered[0].expand_as(gathered), rtol=1e-5)),
-                      processes=accelerator.num_processes)
-    return time.time() - began
-
-
-def _save_stage_state(stage: nn.Module, directory: Path) -> None:
-    save_model_dir(directory, {"format": "anybind.bind-progress"}, stage.state_dict())
-
-
-def _load_stage_state(progress_dir: Path) -> dict:
-    return load_model_dir(progress_dir / "model")[1]
+def _loop(name: str, stage: _Stage, n_rows: int, step_fn, hp: dict[str, Any], settings: BindSettings, accelerator, out: Path, metrics) -> float:
+    loop = LoopSettings(steps=int(hp["steps"]), batch_size=int(hp["batch_size"]), lr=float(hp["lr"]),
+                        weight_decay=float(hp["weight_decay"]), seed=settings.seed, save_every=settings.save_every,
+                        progress=settings.progress)
+    return run_loop(stage="bind", name=name, module=stage, n_rows=n_rows, step_fn=step_fn, loop=loop, accelerator=accelerator,
+                    progress_dir=out / ".progress" / name, metrics=metrics,
+                    report=lambda m: {"temperature": m.loss.temperature})
 
 
 def _labels_to_groups(rows: list[dict], labels: list[str]) -> torch.Tensor | None:
@@ -210,7 +138,7 @@ def bind_image_text(manifest: Manifest, out: Path, settings: BindSettings, accel
     image_tower = Tower.create(BINDING_MODALITY, settings.embed_dim)
     text_tower = Tower.create("text", settings.embed_dim)
     rows, samples = load_samples(manifest, rows, BINDING_MODALITY, image_tower.encoder, settings, accelerator, bad_log)
-    _say(accelerator, f"bind image↔text: {len(rows)} pairs, {hp['steps']} steps, batch {hp['batch_size']}")
+    say(accelerator, f"bind image↔text: {len(rows)} pairs, {hp['steps']} steps, batch {hp['batch_size']}")
     text_features = _frozen_text_features(text_tower, [r["text"] for r in rows])
     groups = _labels_to_groups(rows, manifest.labels)
     stage = _Stage(image_tower, BindLoss(), text_head=text_tower.head)
@@ -221,8 +149,7 @@ def bind_image_text(manifest: Manifest, out: Path, settings: BindSettings, accel
         g = groups[indices].to(accelerator.device) if groups is not None else None
         return model(batch, text_features[indices].to(accelerator.device), g)
 
-    seconds = _run_loop(name=BINDING_MODALITY, stage=stage, n_rows=len(rows), step_fn=step_fn, hp=hp,
-                        settings=settings, accelerator=accelerator, progress_dir=out / ".progress" / BINDING_MODALITY, metrics=metrics)
+    seconds = _loop(BINDING_MODALITY, stage, len(rows), step_fn, hp, settings, accelerator, out, metrics)
     if accelerator.is_main_process:
         text_tower.save_pretrained(out / "text")
         image_tower.save_pretrained(out / BINDING_MODALITY)
@@ -258,7 +185,7 @@ def bind_to_images(modality: str, manifest: Manifest, out: Path, settings: BindS
         raise InputError(manifest.path, f"row at line {missing[0]['_line']}: its image was unusable and no image shares its label")
     groups = _labels_to_groups(x_rows, manifest.labels)
     image_tower.to(accelerator.device)
-    _say(accelerator, f"bind {modality}↔image: {len(x_rows)} rows, {hp['steps']} steps, batch {hp['batch_size']} (never sees text)")
+    say(accelerator, f"bind {modality}↔image: {len(x_rows)} rows, {hp['steps']} steps, batch {hp['batch_size']} (never sees text)")
     stage = _Stage(tower, BindLoss())
     encoder = tower.encoder
     pick = random.Random(settings.seed + 1 + accelerator.process_index)
@@ -269,8 +196,7 @@ def bind_to_images(modality: str, manifest: Manifest, out: Path, settings: BindS
         g = groups[indices].to(accelerator.device) if groups is not None else None
         return model(batch, image_emb[target_rows].to(accelerator.device), g)
 
-    seconds = _run_loop(name=modality, stage=stage, n_rows=len(x_rows), step_fn=step_fn, hp=hp, settings=settings,
-                        accelerator=accelerator, progress_dir=out / ".progress" / modality, metrics=metrics)
+    seconds = _loop(modality, stage, len(x_rows), step_fn, hp, settings, accelerator, out, metrics)
     if accelerator.is_main_process:
         tower.save_pretrained(out / modality)
         _finish(out, modality, hp, seconds, len(x_rows))
@@ -317,12 +243,12 @@ def train_bind(manifest_path: Path | str, out: Path | str, modalities: list[str]
         results.append(bind_image_text(manifest, out, settings, accelerator, metrics, bad_log))
         accelerator.wait_for_everyone()
     elif BINDING_MODALITY in wanted:
-        _say(accelerator, f"bind {BINDING_MODALITY}: already trained in {out / BINDING_MODALITY} (use --retrain to train again)")
+        say(accelerator, f"bind {BINDING_MODALITY}: already trained in {out / BINDING_MODALITY} (use --retrain to train again)")
     for m in wanted:
         if m == BINDING_MODALITY:
             continue
         if is_trained(out, m) and not retrain:
-            _say(accelerator, f"bind {m}: already trained in {out / m} (use --retrain to train again)")
+            say(accelerator, f"bind {m}: already trained in {out / m} (use --retrain to train again)")
             continue
         results.append(bind_to_images(m, manifest, out, settings, accelerator, metrics, bad_log))
         accelerator.wait_for_everyone()

@@ -10,14 +10,18 @@ model and optimizer. Mid-stage checkpoints are directories too: the model as
 from __future__ import annotations
 
 import json
+import math
+import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
-from anybind.persistence import write_json_atomic
+from anybind.persistence import load_model_dir, save_model_dir, write_json_atomic
 
 
 def make_accelerator(cpu: bool | None = None):
@@ -90,3 +94,93 @@ def save_progress(path: Path, step: int, optimizer: torch.optim.Optimizer, save_
 def progress_step(path: Path) -> int:
     state = path / "state.json"
     return json.loads(state.read_text())["step"] if state.is_file() else 0
+
+
+def say(accelerator, message: str) -> None:
+    """Print a line from the main process without breaking its progress bars."""
+    if accelerator.is_main_process:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
+
+
+@dataclass
+class LoopSettings:
+    """Hyper-parameters and housekeeping of one optimisation loop."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.0
+    seed: int = 0
+    save_every: int = 100
+    progress: bool = True
+
+
+def run_loop(
+    *,
+    stage: str,
+    name: str,
+    module: nn.Module,
+    n_rows: int,
+    step_fn: Callable[[nn.Module, list[int]], torch.Tensor],
+    loop: LoopSettings,
+    accelerator,
+    progress_dir: Path,
+    metrics: MetricsLog,
+    report: Callable[[nn.Module], dict[str, float]] | None = None,
+) -> float:
+    """The shared optimisation loop of every stage: row sampling, AdamW with warm-up + cosine
+    decay, progress bar, JSON-lines metrics, and resumable mid-stage checkpoints.
+
+    ``step_fn(model, row_indices)`` returns the loss of one batch; ``report(module)`` adds
+    numbers (e.g. a learned temperature) to the bar and the metrics. Returns the seconds spent.
+    """
+    from tqdm.auto import tqdm
+
+    per_process = max(1, loop.batch_size // accelerator.num_processes)
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=loop.lr,
+                                  weight_decay=loop.weight_decay)
+    start = progress_step(progress_dir)
+    if start:
+        module.load_state_dict(load_model_dir(progress_dir / "model")[1], strict=False)
+        load_optimizer(optimizer, progress_dir)
+        say(accelerator, f"{stage} {name}: resuming at step {start}/{loop.steps}")
+    warmup = max(1, loop.steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, loop.steps) / max(1, loop.steps))),
+        last_epoch=start - 1 if start else -1,
+    )
+    model, optimizer = accelerator.prepare(module, optimizer)
+    rng = random.Random(loop.seed * 1000 + accelerator.process_index * 17 + start)
+    began = time.time()
+    bar = tqdm(range(start, loop.steps), desc=f"{stage} {name}", unit="step", initial=start, total=loop.steps,
+               disable=not (loop.progress and accelerator.is_main_process))
+    for step in bar:
+        model.train()
+        indices = [rng.randrange(n_rows) for _ in range(per_process)]
+        with accelerator.autocast():
+            loss = step_fn(model, indices)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        schedule.step()
+        loss_value = float(loss.detach())
+        unwrapped = accelerator.unwrap_model(model)
+        extra = report(unwrapped) if report else {}
+        bar.set_postfix(loss=f"{loss_value:.3f}", **{k: f"{v:.3f}" for k, v in extra.items()})
+        if step % 10 == 0 or step == loop.steps - 1:
+            metrics.write(stage=stage, modality=name, step=step + 1, loss=round(loss_value, 5),
+                          **{k: round(v, 5) for k, v in extra.items()}, lr=schedule.get_last_lr()[0])
+        if accelerator.is_main_process and loop.save_every and (step + 1) % loop.save_every == 0 and step + 1 < loop.steps:
+            save_progress(progress_dir, step + 1, optimizer,
+                          lambda d: save_model_dir(d, {"format": f"anybind.{stage}-progress"}, unwrapped.state_dict()))
+    accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1:
+        checksum = torch.stack([p.detach().float().sum() for p in accelerator.unwrap_model(model).parameters()]).sum()
+        gathered = accelerator.gather(checksum.reshape(1).to(accelerator.device))
+        metrics.write(stage=stage, modality=name, event="ranks_in_sync",
+                      in_sync=bool(torch.allclose(gathered, gathered[0].expand_as(gathered), rtol=1e-5)),
+                      processes=accelerator.num_processes)
+    return time.time() - began
