@@ -290,6 +290,7 @@ def embed(inputs, model_dir, as_json):
 
 DEFAULT_WORLD = "runs/world"
 DEFAULT_BIND = "runs/bind"
+DEFAULT_CHAT = "runs/align-in"
 
 
 @cli.group()
@@ -346,6 +347,32 @@ def train_bind_command(manifest, out, modalities, steps, batch_size, lr, embed_d
     click.echo(f"Model: {out}  (next: anybind eval bind --model {out} --manifest {manifest})")
 
 
+@train.command(name="align-in")
+@click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path(), help="Manifest file or world folder.")
+@click.option("--bound", default=DEFAULT_BIND, show_default=True, type=click.Path(), help="Bound model directory (anybind train bind).")
+@click.option("--out", default=DEFAULT_CHAT, show_default=True, type=click.Path(file_okay=False), help="Chat model directory.")
+@click.option("--backbone", default="smollm2", show_default=True, help="A backbone name (anybind plugins) or hf:PATH.")
+@click.option("--modality", "modalities", multiple=True,
+              help="Train a projector on this modality's rows (default: image; other modalities then use it, emergent).")
+@click.option("--steps", type=int, default=120, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--tokens", type=int, default=4, show_default=True, help="Soft tokens per attachment.")
+@click.option("--on-bad-row", type=click.Choice(["skip", "stop"]), default="skip", show_default=True)
+@click.option("--retrain", is_flag=True, help="Train again even if already trained.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_align_in_command(manifest, bound, out, backbone, modalities, steps, batch_size, lr, tokens, on_bad_row, retrain, seed):
+    """Teach the frozen LM to read the shared space: an input projector to soft tokens."""
+    from anybind.align import AlignSettings, train_align_in
+
+    settings = AlignSettings(steps=steps, batch_size=batch_size, lr=lr, tokens=tokens, seed=seed, on_bad_row=on_bad_row)
+    for modality in modalities or ("image",):
+        r = train_align_in(manifest, bound, out, backbone=backbone, modality=modality, settings=settings, retrain=retrain)
+        if not r.get("skipped"):
+            click.echo(f"aligned {modality}: {r['rows']} rows, {r['steps']} steps in {r['seconds']:.1f}s")
+    click.echo(f"Chat model: {out}  (next: anybind eval chat --model {out} --manifest {manifest})")
+
+
 @cli.group(name="eval")
 def eval_group():
     """Evaluate trained models on held-out data."""
@@ -376,6 +403,32 @@ def eval_bind_command(model_dir, manifest, modalities, prompt, as_json):
              f"{r['zero_shot_vs_probe']:.3f}", str(r["n_test"]), "emergent" if r["emergent"] else "trained"]
             for m, r in results.items()]
     click.echo(_table(["MODALITY", "ZERO-SHOT", "R@1", "PROBE", "ZS/PROBE", "N", "TEXT"], rows))
+
+
+@eval_group.command(name="chat")
+@click.option("--model", "model_dir", default=DEFAULT_CHAT, show_default=True, type=click.Path())
+@click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path())
+@click.option("--modality", "modalities", multiple=True)
+@click.option("--limit", type=int, default=100, show_default=True, help="Held-out attachments per modality.")
+@click.option("--json", "as_json", is_flag=True)
+def eval_chat_command(model_dir, manifest, modalities, limit, as_json):
+    """Ask which label each held-out attachment shows or says; accuracy per modality."""
+    import anybind
+    from anybind.chat import read_chat_config
+    from anybind.evaluate import evaluate_chat
+
+    read_chat_config(model_dir)  # a clear error before loading anything heavy
+    results = evaluate_chat(anybind.load(model_dir), manifest, list(modalities) or None, limit=limit)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    rows = []
+    for m, r in results.items():
+        own = r.get("own_projector")
+        rows.append([m, f"{r['image_projector']:.3f}" + ("" if m == "image" else " (emergent)"),
+                     f"{own:.3f}" if own is not None else "-", str(r["n_test"])])
+    click.echo(f"Question: {next(iter(results.values()))['question'] if results else '-'}")
+    click.echo(_table(["MODALITY", "IMAGE PROJECTOR", "OWN PROJECTOR", "N"], rows))
 
 
 @cli.command()
@@ -421,6 +474,11 @@ def retrieve(query, corpus, model_dir, top_k, modalities, as_json):
             click.echo(json.dumps({"path": path, "modality": modality, "score": round(score, 5)}))
         else:
             click.echo(f"{score:+.3f}  {modality:<10}  {path}")
+
+
+from anybind.chat_cli import chat  # noqa: E402 - a command of its own module, registered here
+
+cli.add_command(chat)
 
 
 def main(argv=None):

@@ -207,8 +207,14 @@ def update_bound_index(path: Path, embed_dim: int, modalities: Iterable[str], **
     write_json_atomic(path / CONFIG_NAME, index)
 
 
-def load(path: Path | str | None = None, modalities: Iterable[str] | None = None) -> AnybindModel:
-    """Load a bound model directory; with no path, the pretrained text-only space."""
+def load(path: Path | str | None = None, modalities: Iterable[str] | None = None):
+    """Load a model directory: a bound model (:class:`AnybindModel`, ``embed``) or a chat model
+    (:class:`anybind.chat.ChatModel`, ``embed`` and ``generate``); with no path, the
+    pretrained text-only space."""
     if path is None:
         return AnybindModel.pretrained_text()
+    if read_config(path).get("format") == "anybind.chat":
+        from anybind.chat import ChatModel
+
+        return ChatModel.from_pretrained(path)
     return AnybindModel.from_pretrained(path, modalities)

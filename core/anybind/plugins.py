@@ -28,7 +28,7 @@ from anybind.specs import BackboneSpec, DecoderSpec, ModalitySpec
 
 ENTRY_POINT_GROUP = "anybind"
 # Built-in plugins, registered exactly like installed ones.
-DEFAULT_PLUGINS = ("anybind.builtins.text",)
+DEFAULT_PLUGINS = ("anybind.builtins.text", "anybind.builtins.hf")
 HOOK_NAMES = tuple(n for n in vars(hookspecs) if n.startswith("register_"))
 
 pm = pluggy.PluginManager("anybind")
@@ -322,6 +322,12 @@ def modalities() -> dict[str, ModalitySpec]:
     """Installed modalities by name (conflicting names left out; see :func:`get_modality`)."""
     collected = _collect()
     return {n: s for n, (s, _) in collected.modalities.items() if ("modalities", n) not in collected.conflicts}
+
+
+def backbones() -> dict[str, BackboneSpec]:
+    """Installed backbones by name (conflicting names left out)."""
+    collected = _collect()
+    return {n: s for n, (s, _) in collected.backbones.items() if ("backbones", n) not in collected.conflicts}
 
 
 def modality_owner(name: str) -> str:

@@ -41,6 +41,9 @@ CAPTION_TEMPLATES = (
     "a scanned {word}",
 )
 PROMPT_TEMPLATE = "a handwritten {label}"
+#: What ``eval chat`` asks about each held-out attachment, and how align-in answers it.
+QUESTION = "Which digit is this?"
+ANSWER_TEMPLATE = "It is the digit {label}."
 RESERVED_KEYS = ("id", "split", "label", "text", "meta")
 SPLITS = ("train", "test")
 
@@ -175,7 +178,9 @@ def build_world(
     write_jsonl(manifest, builder.rows())
     write_json_atomic(
         root / "world.json",
-        {"prompt": PROMPT_TEMPLATE, "labels": builder.labels, "modalities": names, "seed": seed, "digits": len(builder.digits)},
+        {"prompt": PROMPT_TEMPLATE, "labels": builder.labels, "question": QUESTION, "answer": ANSWER_TEMPLATE,
+         "aliases": {word: [str(i)] for i, word in enumerate(DIGIT_WORDS)},
+         "modalities": names, "seed": seed, "digits": len(builder.digits)},
     )
     return manifest
 
@@ -191,6 +196,11 @@ class Manifest:
     rows: list[dict[str, Any]]
     prompt: str = "{label}"
     labels: list[str] = field(default_factory=list)
+    #: ``world.json``'s question about an attachment's label, the answer template, and other
+    #: spellings of each label (e.g. "7" for "seven"), for chat training and evaluation.
+    question: str | None = None
+    answer: str = "{label}."
+    aliases: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -237,8 +247,13 @@ def read_manifest(path: Path | str) -> Manifest:
     if not rows:
         raise InputError(path, "manifest has no rows")
     meta_file = path.parent / "world.json"
-    prompt, labels = "{label}", sorted({r["label"] for r in rows if "label" in r})
+    manifest = Manifest(path=path, rows=rows, labels=sorted({r["label"] for r in rows if "label" in r}))
     if meta_file.is_file():
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        prompt, labels = meta.get("prompt", prompt), meta.get("labels", labels)
-    return Manifest(path=path, rows=rows, prompt=prompt, labels=labels)
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise InputError(meta_file, f"invalid JSON ({exc.msg}, line {exc.lineno})") from None
+        for key in ("prompt", "labels", "question", "answer", "aliases"):
+            if key in meta:
+                setattr(manifest, key, meta[key])
+    return manifest

@@ -1,0 +1,239 @@
+"""Any-to-text: chat about files of any installed modality.
+
+A *chat model directory* (written by ``anybind train align-in``)::
+
+    DIR/config.json                  {"format": "anybind.chat", "bound": "../bind", "backbone": "smollm2",
+                                      "projectors": ["image", "audio"], "soft_tokens": 4}
+    DIR/projectors/<modality>/       an InputProjector (config.json + model.safetensors)
+
+``bound`` is the bound model directory (relative to DIR), whose towers embed attachments
+into the shared space; the projector trained on ``image`` serves every modality that has
+no projector of its own (emergent any-to-text).
+
+    model = anybind.load("runs/align-in")
+    for event in model.generate("What digit is spoken here?", attachments=["seven.wav"]):
+        if event.type == "text":
+            print(event.text, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import torch
+
+from anybind.conversation import Attachment, Encoded, Turn, describe, encode, fit, input_embeddings
+from anybind.errors import CheckpointError, InputError
+from anybind.generation import DoneEvent, NoticeEvent, SamplingOptions, TextEvent, TextStream, decode
+from anybind.lm import Backbone, load_backbone
+from anybind.model import AnybindModel, Tower, resolve_input
+from anybind.persistence import CONFIG_NAME, read_config, write_json_atomic
+from anybind.projector import InputProjector
+
+CHAT_FORMAT = "anybind.chat"
+BINDING_MODALITY = "image"
+
+
+def read_chat_config(path: Path) -> dict:
+    config = read_config(path)
+    if config.get("format") != CHAT_FORMAT:
+        raise CheckpointError(f"{path}: not an anybind chat model (config.json format is {config.get('format')!r}); "
+                              "train one with: anybind train align-in")
+    return config
+
+
+def write_chat_config(path: Path, *, bound: Path, backbone: str, soft_tokens: int, projectors: Iterable[str]) -> None:
+    config = read_config(path) if (path / CONFIG_NAME).is_file() else {}
+    config.update({
+        "format": CHAT_FORMAT,
+        "bound": os.path.relpath(Path(bound).resolve(), Path(path).resolve()),
+        "backbone": backbone,
+        "soft_tokens": soft_tokens,
+        "projectors": sorted(set(config.get("projectors", [])) | set(projectors)),
+    })
+    write_json_atomic(path / CONFIG_NAME, config)
+
+
+class ChatModel:
+    """The shared space (towers), a frozen LM backbone and input projectors: what chat runs on."""
+
+    def __init__(self, bound: AnybindModel, backbone: Backbone, projectors: dict[str, InputProjector],
+                 path: Path | None = None, system_prompt: str | None = None, bound_dir: Path | None = None):
+        self.bound = bound
+        self.bound_dir = bound_dir
+        self.backbone = backbone
+        self.projectors = projectors
+        self.path = path
+        self.system_prompt = system_prompt
+        for projector in projectors.values():
+            projector.to(backbone.device).eval().requires_grad_(False)
+        self.soft_tokens = next(iter(projectors.values())).config.tokens if projectors else 4
+
+    @classmethod
+    def from_pretrained(cls, path: Path | str, backbone: Backbone | None = None) -> "ChatModel":
+        path = Path(path)
+        config = read_chat_config(path)
+        bound_dir = (path / config["bound"]).resolve()
+        if not (bound_dir / CONFIG_NAME).is_file():
+            raise CheckpointError(f"{path}/config.json: its bound model {bound_dir} is missing (moved or deleted?)")
+        projectors = {name: InputProjector.from_pretrained(path / "projectors" / name) for name in config.get("projectors", [])}
+        if not projectors:
+            raise CheckpointError(f"{path}: has no trained projector; run anybind train align-in --out {path}")
+        backbone = backbone or load_backbone(config["backbone"])
+        for name, projector in projectors.items():
+            if projector.config.lm_width != backbone.hidden_size:
+                raise CheckpointError(f"{path}/projectors/{name}: made for a {projector.config.lm_width}-wide LM, "
+                                      f"but {backbone.reference} is {backbone.hidden_size}-wide")
+        bound_modalities = read_config(bound_dir).get("modalities", [])
+        bound = AnybindModel.from_pretrained(bound_dir, [m for m in bound_modalities if m != "text"])
+        return cls(bound, backbone, projectors, path, bound_dir=bound_dir)
+
+    # --- the shared space (as AnybindModel) --------------------------------------------------
+
+    @property
+    def towers(self):
+        return self.bound.towers
+
+    @property
+    def modalities(self) -> list[str]:
+        return self.bound.modalities
+
+    @property
+    def embed_dim(self) -> int:
+        return self.bound.embed_dim
+
+    def _ensure(self, modalities) -> None:
+        """Load towers on first use (the text tower is left out of chat loading, which never needs it)."""
+        for modality in set(modalities) - set(self.bound.towers):
+            if self.bound_dir is not None and (self.bound_dir / modality / CONFIG_NAME).is_file():
+                self.bound.towers[modality] = Tower.from_pretrained(self.bound_dir / modality)
+
+    def embed(self, inputs, batch_size: int = 64) -> torch.Tensor:
+        return self.embed_resolved([resolve_input(x) for x in inputs], batch_size)
+
+    def embed_raw(self, modality: str, raws, batch_size: int = 64) -> torch.Tensor:
+        self._ensure([modality])
+        return self.bound.embed_raw(modality, raws, batch_size)
+
+    def embed_resolved(self, resolved, batch_size: int = 64) -> torch.Tensor:
+        self._ensure([m for m, _ in resolved])
+        return self.bound.embed_resolved(resolved, batch_size)
+
+    def attach(self, item: str | Path | Attachment) -> Attachment:
+        """Load and embed one attachment (a file of any installed modality)."""
+        if isinstance(item, Attachment):
+            return item
+        modality, raw = resolve_input(Path(item))
+        if modality not in self.bound.towers:
+            raise InputError(item, f"this model has no {modality} tower; bind one with: anybind train bind --modality {modality}")
+        return Attachment(modality, str(item), self.bound.embed_raw(modality, [raw])[0])
+
+    def projector_for(self, modality: str, choice: str | None = None) -> InputProjector:
+        """``choice`` forces a projector (e.g. ``"image"`` for emergent any-to-text); by default a
+        modality uses its own projector if one was trained, else the binding modality's."""
+        name = choice or (modality if modality in self.projectors else BINDING_MODALITY)
+        if name not in self.projectors:
+            name = next(iter(self.projectors))
+        return self.projectors[name]
+
+    @torch.no_grad()
+    def soft_tokens_for(self, encoded: Encoded, projector: str | None = None) -> torch.Tensor | None:
+        if not encoded.slots:
+            return None
+        out = []
+        for _, attachment in encoded.slots:
+            proj = self.projector_for(attachment.modality, projector)
+            out.append(proj(attachment.embedding.to(self.backbone.device)[None])[0])
+        return torch.stack(out)  # (attachments, k, H)
+
+    # --- generation --------------------------------------------------------------------------
+
+    def conversation(self, prompt: str, attachments: Sequence = (), history: Sequence[Turn] = ()) -> list[Turn]:
+        turns = list(history)
+        if self.system_prompt and not (turns and turns[0].role == "system"):
+            turns.insert(0, Turn("system", self.system_prompt))
+        turns.append(Turn("user", prompt, [self.attach(a) for a in attachments]))
+        return turns
+
+    def generate(self, prompt: str, attachments: Sequence = (), *, history: Sequence[Turn] = (),
+                 max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                 projector: str | None = None) -> Iterator:
+        """Answer ``prompt`` about ``attachments``, yielding events as they are produced:
+        :class:`TextEvent` pieces, maybe a :class:`NoticeEvent`, then one :class:`DoneEvent`."""
+        began = time.time()
+        turns = self.conversation(prompt, attachments, history)
+        options = SamplingOptions(max_new_tokens, temperature, top_p, seed)
+        yield from self.respond(turns, options, projector=projector, began=began)
+
+    def respond(self, turns: list[Turn], options: SamplingOptions, *, projector: str | None = None,
+                began: float | None = None) -> Iterator:
+        """Continue a conversation whose last turn is the user's."""
+        began = began or time.time()
+        budget = self.backbone.max_context - options.max_new_tokens
+        encoded, dropped = fit(self.backbone.tokenizer, turns, self.soft_tokens, budget)
+        if dropped:
+            yield NoticeEvent(f"dropped the {dropped} oldest turn(s) to fit the model's {self.backbone.max_context}-token context")
+        embeds, mask = input_embeddings(self.backbone, [encoded], [self.soft_tokens_for(encoded, projector)], pad_left=True)
+        stream = TextStream(self.backbone.tokenizer)
+        stop = set(self.backbone.stop_ids)
+        first = None
+        reason = "length"
+        count = 0
+        for token in decode(self.backbone.model, embeds, mask, options, self.backbone.stop_ids):
+            token_id = int(token[0])
+            count += 1
+            if token_id in stop:
+                reason = "stop"
+                break
+            piece = stream.push(token_id)
+            if piece:
+                first = first if first is not None else time.time() - began
+                yield TextEvent(piece)
+        yield DoneEvent(stream.text, count, reason, time.time() - began, first,
+                        usage={"prompt_tokens": len(encoded.ids), "completion_tokens": count})
+
+    @torch.no_grad()
+    def answer_batch(self, questions: Sequence[str], attachments: Sequence[Attachment], *, max_new_tokens: int = 16,
+                     projector: str | None = None) -> list[str]:
+        """Greedy answers to one question per attachment, decoded together (for evaluation)."""
+        encodings = [encode(self.backbone.tokenizer, self.conversation(q, [a]), self.soft_tokens)
+                     for q, a in zip(questions, attachments)]
+        soft = [self.soft_tokens_for(e, projector) for e in encodings]
+        embeds, mask = input_embeddings(self.backbone, encodings, soft, pad_left=True)
+        tokens = list(decode(self.backbone.model, embeds, mask, SamplingOptions(max_new_tokens), self.backbone.stop_ids))
+        ids = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in encodings]
+        stop = set(self.backbone.stop_ids)
+        out = []
+        for row in ids:
+            cut = next((i for i, t in enumerate(row) if t in stop), len(row))
+            out.append(self.backbone.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+        return out
+
+
+class ChatSession:
+    """A conversation that keeps its history (what interactive ``anybind chat`` uses)."""
+
+    def __init__(self, model: ChatModel, options: SamplingOptions | None = None, projector: str | None = None):
+        self.model = model
+        self.options = options or SamplingOptions()
+        self.projector = projector
+        self.turns: list[Turn] = []
+
+    def ask(self, prompt: str, attachments: Sequence = ()) -> Iterator:
+        began = time.time()
+        turns = self.model.conversation(prompt, attachments, self.turns)
+        answer = None
+        for event in self.model.respond(turns, self.options, projector=self.projector, began=began):
+            if isinstance(event, DoneEvent):
+                answer = event.text
+            yield event
+        self.turns = turns + [Turn("assistant", answer or "")]
+
+    def reset(self) -> None:
+        self.turns = []
+
+    def describe_attachments(self) -> list[str]:
+        return [describe(a) for t in self.turns for a in t.attachments]

@@ -1,0 +1,188 @@
+"""Any-to-text on a tiny random causal LM built locally (hf:PATH): align-in, chat, eval chat."""
+
+import json
+
+import pytest
+import torch
+
+import anybind
+from anybind.chat import ChatModel, ChatSession
+from anybind.conversation import Attachment, ContextOverflow, Turn, encode, input_embeddings
+from anybind.errors import CheckpointError
+from anybind.generation import DoneEvent, NoticeEvent, SamplingOptions, TextEvent, TextStream, decode
+from anybind.lm import load_backbone
+from anybind.world import read_manifest
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chat-world")
+    run_cli("world", "build", str(root), "--modality", "image", "--modality", "audio", "--limit", "200", "--small", check=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bound(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("chat-bind") / "bind"
+    run_cli("train", "bind", "--manifest", str(world), "--out", str(out), "--steps", "30", "--batch-size", "32", check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def chat_dir(world, bound, tiny_lm, tmp_path_factory):
+    out = tmp_path_factory.mktemp("chat") / "chat"
+    run_cli("train", "align-in", "--manifest", str(world), "--bound", str(bound), "--out", str(out),
+            "--backbone", f"hf:{tiny_lm}", "--steps", "40", "--batch-size", "8", "--lr", "0.01", check=True)
+    return out
+
+
+def test_hf_backbone_brings_its_tokenizer_and_template(tiny_lm):
+    backbone = load_backbone(f"hf:{tiny_lm}")
+    assert backbone.hidden_size == 32 and backbone.max_context == 256
+    assert backbone.tokenizer.convert_tokens_to_ids("<|im_end|>") in backbone.stop_ids
+    assert not any(p.requires_grad for p in backbone.model.parameters())
+
+
+def test_attachment_soft_tokens_sit_where_the_attachment_is(tiny_lm):
+    backbone = load_backbone(f"hf:{tiny_lm}")
+    attachment = Attachment("audio", "seven.wav", torch.zeros(8))
+    encoded = encode(backbone.tokenizer, [Turn("user", "Which digit is this?", [attachment])], 4, answer="Seven.")
+    (start, got), = encoded.slots
+    assert got is attachment
+    assert encoded.ids[start : start + 4] == [backbone.tokenizer.pad_token_id] * 4
+    before = backbone.tokenizer.decode(encoded.ids[:start])
+    after = backbone.tokenizer.decode(encoded.ids[start + 4 : encoded.answer_start])
+    assert before.endswith("user\n[audio: ") and after.startswith("]\nWhich digit is this?")
+    assert backbone.tokenizer.decode(encoded.ids[encoded.answer_start:]).startswith("Seven.")
+    soft = torch.randn(1, 4, 32)
+    embeds, mask = input_embeddings(backbone, [encoded], [soft], pad_left=True)
+    assert torch.equal(embeds[0, start : start + 4], soft[0]) and mask.all()
+
+
+def test_decode_loop_matches_transformers_generate(tiny_lm):
+    """Same tokens as `generate` on the same left-padded batch of embeddings with soft tokens."""
+    backbone = load_backbone(f"hf:{tiny_lm}")
+    tokenizer = backbone.tokenizer
+    turns = [[Turn("user", "Which digit is this?", [Attachment("image", "a.png", torch.zeros(8))])],
+             [Turn("user", "Describe this attachment, please, in a few words.", [])]]
+    encodings = [encode(tokenizer, t, 4) for t in turns]
+    torch.manual_seed(1)
+    embeds, mask = input_embeddings(backbone, encodings, [torch.randn(1, 4, 32), None], pad_left=True)
+    ours = torch.stack(list(decode(backbone.model, embeds, mask, SamplingOptions(max_new_tokens=12))), dim=1)
+    theirs = backbone.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                                     eos_token_id=None, pad_token_id=tokenizer.pad_token_id)
+    assert torch.equal(ours, theirs[:, -12:])
+
+
+def test_sampling_is_seeded_and_nucleus_limited(tiny_lm):
+    backbone = load_backbone(f"hf:{tiny_lm}")
+    encoded = encode(backbone.tokenizer, [Turn("user", "Describe this.")], 4)
+    embeds, mask = input_embeddings(backbone, [encoded], [None], pad_left=True)
+
+    def run(seed, top_p=0.9):
+        options = SamplingOptions(max_new_tokens=10, temperature=1.5, top_p=top_p, seed=seed)
+        return torch.cat(list(decode(backbone.model, embeds, mask, options))).tolist()
+
+    assert run(3) == run(3)
+    assert len({tuple(run(s)) for s in range(6)}) > 1
+    greedy = torch.cat(list(decode(backbone.model, embeds, mask, SamplingOptions(max_new_tokens=10)))).tolist()
+    assert run(5, top_p=1e-6) == greedy  # a nucleus of one token is greedy
+
+
+def test_text_stream_never_splits_a_character(tiny_lm):
+    tokenizer = load_backbone(f"hf:{tiny_lm}").tokenizer
+    text = "héllo wörld 🙂 seven"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    stream = TextStream(tokenizer)
+    pieces = [stream.push(i) for i in ids]
+    assert "".join(pieces) == text == stream.text
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_align_in_trains_the_projector_and_writes_a_chat_model(chat_dir, bound):
+    config = json.loads((chat_dir / "config.json").read_text())
+    assert config["format"] == "anybind.chat" and config["projectors"] == ["image"]
+    assert (chat_dir / config["bound"]).resolve() == bound.resolve()
+    assert sorted(p.name for p in (chat_dir / "projectors" / "image").iterdir()) == \
+        ["config.json", "model.safetensors", "training.json"]
+    lines = [json.loads(l) for l in (chat_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 40
+    first, last = lines[0]["loss"], sum(l["loss"] for l in lines[-2:]) / 2
+    assert last < first - 1.0, (first, last)  # the frozen LM learned to read the soft tokens
+
+
+def test_chat_cli_streams_an_answer_about_any_modality(chat_dir, world):
+    manifest = read_manifest(world)
+    image = manifest.select("test", has=("image",))[0]["image"]
+    audio = manifest.select("test", has=("audio",))[0]["audio"]
+    proc = run_cli("chat", "Which digit is this?", "--attach", image, "--attach", audio, "--model", str(chat_dir),
+                   "--format", "jsonl", "--max-tokens", "6", check=True)
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert events[-1]["type"] == "done" and 1 <= events[-1]["tokens"] <= 6
+    assert "".join(e["text"] for e in events if e["type"] == "text") == events[-1]["text"]
+    proc = run_cli("chat", "Which digit is this?", "--attach", audio, "--model", str(chat_dir), "--max-tokens", "4",
+                   "--temperature", "0.8", "--seed", "1", check=True)
+    assert proc.stdout.endswith("\n")
+
+
+def test_python_api_generates_events_and_keeps_history(chat_dir, world):
+    model = anybind.load(chat_dir)
+    assert isinstance(model, ChatModel) and model.embed(["a handwritten seven"]).shape == (1, model.embed_dim)
+    audio = read_manifest(world).select("test", has=("audio",))[0]["audio"]
+    events = list(model.generate("Which digit is spoken here?", attachments=[audio], max_new_tokens=5))
+    assert isinstance(events[-1], DoneEvent) and all(isinstance(e, TextEvent) for e in events[:-1])
+    session = ChatSession(model, SamplingOptions(max_new_tokens=3))
+    list(session.ask("Which digit is this?", [audio]))
+    list(session.ask("And again?"))
+    assert [t.role for t in session.turns] == ["user", "assistant", "user", "assistant"]
+    assert session.describe_attachments() == [f"{audio.rsplit('/', 1)[-1]} (audio)"]
+
+
+def test_over_long_conversations_drop_old_turns_then_refuse(chat_dir):
+    model = anybind.load(chat_dir)  # the tiny LM has a 256-token context
+    session = ChatSession(model, SamplingOptions(max_new_tokens=8))
+    for _ in range(6):
+        events = list(session.ask("seven " * 30))
+    assert any(isinstance(e, NoticeEvent) and "dropped" in e.message for e in events)
+    with pytest.raises(ContextOverflow, match="tokens"):
+        list(model.generate("seven " * 400))
+    proc = run_cli("chat", "seven " * 400, "--model", str(chat_dir))
+    assert proc.returncode == 1 and "context" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eval_chat_reports_accuracy_per_modality_and_projector(chat_dir, world, bound, tiny_lm):
+    run_cli("train", "align-in", "--manifest", str(world), "--bound", str(bound), "--out", str(chat_dir),
+            "--backbone", f"hf:{tiny_lm}", "--modality", "audio", "--steps", "5", "--batch-size", "4", check=True)
+    proc = run_cli("eval", "chat", "--model", str(chat_dir), "--manifest", str(world), "--limit", "8", "--json", check=True)
+    results = json.loads(proc.stdout)
+    assert set(results) == {"image", "audio"}
+    assert 0 <= results["audio"]["image_projector"] <= 1 and 0 <= results["audio"]["own_projector"] <= 1
+    assert "own_projector" not in results["image"] and results["image"]["n_test"] == 8
+    table = run_cli("eval", "chat", "--model", str(chat_dir), "--manifest", str(world), "--limit", "4", check=True).stdout
+    assert "(emergent)" in table and "OWN PROJECTOR" in table
+
+
+def test_bad_backbones_and_attachments_fail_clearly(tmp_path, world, bound, chat_dir):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path / "bert")
+    with pytest.raises(CheckpointError, match="not a causal language model"):
+        load_backbone(f"hf:{tmp_path / 'bert'}")
+    proc = run_cli("train", "align-in", "--manifest", str(world), "--bound", str(bound), "--out", str(tmp_path / "x"),
+                   "--backbone", f"hf:{tmp_path / 'nowhere'}")
+    assert proc.returncode == 1 and "no such model directory" in proc.stderr and "Traceback" not in proc.stderr
+    assert run_cli("train", "align-in", "--backbone", "nosuchlm", "--manifest", str(world), "--bound", str(bound),
+                   "--out", str(tmp_path / "y")).returncode == 1
+
+    # A file no installed plugin reads, with the plugin that would read it named.
+    wav = read_manifest(world).select("test", has=("audio",))[0]["audio"]
+    proc = run_cli("chat", "hi", "--attach", wav, "--model", str(chat_dir),
+                   env={"ANYBIND_LOAD_PLUGINS": "anybind-image"})
+    assert proc.returncode == 1 and "anybind install audio" in proc.stderr
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    proc = run_cli("chat", "hi", "--attach", str(broken), "--model", str(chat_dir))
+    assert proc.returncode == 1 and "broken.png" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("chat", "hi", "--model", str(bound))
+    assert proc.returncode == 1 and "not an anybind chat model" in proc.stderr
