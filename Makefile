@@ -18,6 +18,10 @@ quickstart: $(STAMP)
 	@test -f runs/world/manifest.jsonl || $(BIN)/anybind world build runs/world
 	$(BIN)/anybind train bind --manifest runs/world --out runs/bind
 	$(BIN)/anybind eval bind --model runs/bind --manifest runs/world
+	$(BIN)/anybind train align-in --manifest runs/world --bound runs/bind --out runs/align-in
+	$(BIN)/anybind eval chat --model runs/align-in --manifest runs/world
+	$(BIN)/anybind chat "Which digit is spoken here?" --model runs/align-in \
+		--attach "$$($(BIN)/anybind world sample runs/world --modality audio --label seven)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -55,7 +55,7 @@ class AlignSettings:
     #: Augmentations that keep the projector from reading image-only detail, so it also reads
     #: modalities it never saw: Gaussian noise on the bound embedding (then renormalised), and
     #: the share of examples whose input is the row's caption embedded by the bound text tower.
-    noise: float = 0.1
+    noise: float = 0.0
     text_mix: float = 0.0
     seed: int = 0
     save_every: int = 50

@@ -317,6 +317,24 @@ def world_build(directory, modalities, limit, small, seed):
     click.echo(f"Wrote {manifest} in {time.time() - began:.1f}s: " + ", ".join(f"{n} {m}" for m, n in counts.items()))
 
 
+@world.command(name="sample")
+@click.argument("directory", default=DEFAULT_WORLD, type=click.Path())
+@click.option("--modality", required=True, help="Which modality's file to print.")
+@click.option("--label", help="Only rows with this label (e.g. seven).")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("-n", "count", type=int, default=1, show_default=True, help="How many paths.")
+def world_sample(directory, modality, label, split, count):
+    """Print paths of files in a world or manifest, e.g. to attach one: --attach "$(anybind world sample --modality audio)"."""
+    from anybind.world import read_manifest
+
+    manifest = read_manifest(directory)
+    rows = [r for r in manifest.select(split, has=(modality,)) if label is None or r.get("label") == label]
+    if not rows:
+        raise AnybindError(f"{manifest.path}: no {split} rows with a {modality} file" + (f" labelled {label!r}" if label else ""))
+    for row in rows[:count]:
+        click.echo(os.path.relpath(row[modality]))
+
+
 @cli.group()
 def train():
     """Training stages."""

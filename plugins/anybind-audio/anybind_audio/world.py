@@ -35,7 +35,8 @@ def espeak() -> str:
 
 def voice_variants() -> list[str]:
     out = subprocess.run([espeak(), "--voices=variant"], capture_output=True, text=True, check=True).stdout
-    names = [line.split()[-2].removeprefix("!v/") for line in out.splitlines()[1:] if line.strip() and "!v/" in line]
+    # The file column ("!v/NAME") is not always second to last: some lines list other languages after it.
+    names = [t.removeprefix("!v/") for line in out.splitlines()[1:] for t in line.split() if t.startswith("!v/")]
     return sorted({n for n in names if " " not in n})
 
 
