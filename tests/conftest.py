@@ -26,10 +26,11 @@ def register_plugin():
         plugins.unregister_plugin(name)
 
 
-def run_cli(*args, env=None, check=False, timeout=300):
-    """Run the installed `anybind` console script as a user would."""
+def run_cli(*args, env=None, check=False, timeout=300, input=None):
+    """Run the installed `anybind` console script as a user would (``input``: what they type)."""
     proc = subprocess.run(
         [str(BIN / "anybind"), *args],
+        input=input,
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},

@@ -126,6 +126,16 @@ def test_chat_cli_streams_an_answer_about_any_modality(chat_dir, world):
     assert proc.stdout.endswith("\n")
 
 
+def test_interactive_chat_keeps_history_and_survives_bad_input(chat_dir, world):
+    audio = read_manifest(world).select("test", has=("audio",))[0]["audio"]
+    typed = f"/attach {audio}\nWhich digit is this?\n/attach missing.wav\n/history\n/frobnicate\nAnd now?\n/reset\n/history\n/quit\n"
+    proc = run_cli("chat", "--model", str(chat_dir), "--max-tokens", "3", input=typed, check=True)
+    assert proc.stdout.count("anybind> ") == 2  # two answers
+    assert f"{audio.rsplit('/', 1)[-1]} (audio)" in proc.stdout and "(conversation cleared)" in proc.stdout
+    assert "missing.wav: file not found" in proc.stderr and "unknown command /frobnicate" in proc.stderr
+    assert proc.stdout.index("(no attachments)") > proc.stdout.index("(conversation cleared)")
+
+
 def test_python_api_generates_events_and_keeps_history(chat_dir, world):
     model = anybind.load(chat_dir)
     assert isinstance(model, ChatModel) and model.embed(["a handwritten seven"]).shape == (1, model.embed_dim)
