@@ -47,7 +47,7 @@ GENERIC_QUESTIONS = (
 
 @dataclass
 class AlignSettings:
-    steps: int = 120
+    steps: int = 150
     batch_size: int = 16
     lr: float = 1e-3
     tokens: int = 4  # soft tokens per attachment

@@ -87,23 +87,28 @@ class ChatModel:
             if projector.config.lm_width != backbone.hidden_size:
                 raise CheckpointError(f"{path}/projectors/{name}: made for a {projector.config.lm_width}-wide LM, "
                                       f"but {backbone.reference} is {backbone.hidden_size}-wide")
-        bound_modalities = read_config(bound_dir).get("modalities", [])
-        bound = AnybindModel.from_pretrained(bound_dir, [m for m in bound_modalities if m != "text"])
-        return cls(bound, backbone, projectors, path, bound_dir=bound_dir)
+        # Towers load when an attachment first needs them: a chat about audio never loads video.
+        return cls(AnybindModel({}), backbone, projectors, path, bound_dir=bound_dir)
 
     # --- the shared space (as AnybindModel) --------------------------------------------------
 
     @property
     def towers(self):
+        self._ensure(self.modalities)
         return self.bound.towers
 
     @property
     def modalities(self) -> list[str]:
-        return self.bound.modalities
+        """The modalities this model can embed and read (every tower of its bound model)."""
+        if self.bound_dir is None:
+            return self.bound.modalities
+        return read_config(self.bound_dir).get("modalities", [])
 
     @property
     def embed_dim(self) -> int:
-        return self.bound.embed_dim
+        if self.bound_dir is None:
+            return self.bound.embed_dim
+        return int(read_config(self.bound_dir)["embed_dim"])
 
     def _ensure(self, modalities) -> None:
         """Load towers on first use (the text tower is left out of chat loading, which never needs it)."""
@@ -127,6 +132,7 @@ class ChatModel:
         if isinstance(item, Attachment):
             return item
         modality, raw = resolve_input(Path(item))
+        self._ensure([modality])
         if modality not in self.bound.towers:
             raise InputError(item, f"this model has no {modality} tower; bind one with: anybind train bind --modality {modality}")
         return Attachment(modality, str(item), self.bound.embed_raw(modality, [raw])[0])

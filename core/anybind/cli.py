@@ -372,7 +372,7 @@ def train_bind_command(manifest, out, modalities, steps, batch_size, lr, embed_d
 @click.option("--backbone", default="smollm2", show_default=True, help="A backbone name (anybind plugins) or hf:PATH.")
 @click.option("--modality", "modalities", multiple=True,
               help="Train a projector on this modality's rows (default: image; other modalities then use it, emergent).")
-@click.option("--steps", type=int, default=120, show_default=True)
+@click.option("--steps", type=int, default=150, show_default=True)
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--tokens", type=int, default=4, show_default=True, help="Soft tokens per attachment.")

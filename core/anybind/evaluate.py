@@ -111,13 +111,13 @@ def evaluate_chat(model, manifest: Manifest | Path | str, modalities: list[str] 
     if not manifest.labels:
         raise InputError(manifest.path, "has no labels: chat evaluation needs a 'label' on each row")
     question = manifest.question or "What is this?"
-    wanted = modalities or [m for m in model.bound.modalities if m in manifest.modalities()]
+    wanted = modalities or [m for m in model.modalities if m != "text" and m in manifest.modalities()]
     results = {}
     for modality in wanted:
         rows = manifest.select("test", has=(modality, "label"))
         if limit and len(rows) > limit:
             rows = [rows[round(i * (len(rows) - 1) / (limit - 1))] for i in range(limit)] if limit > 1 else rows[:1]
-        rows, embeddings = embed_rows(model.bound, rows, modality)
+        rows, embeddings = embed_rows(model, rows, modality)
         if not rows:
             continue
         attachments = [Attachment(modality, r[modality], e) for r, e in zip(rows, embeddings)]
