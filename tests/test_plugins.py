@@ -149,9 +149,10 @@ def test_cli_plugins_lists_first_party_plugins_as_json():
 
 def test_allow_list_limits_loaded_plugins():
     proc = run_cli("plugins", "--json", env={"ANYBIND_LOAD_PLUGINS": ""}, check=True)
-    assert [i["name"] for i in json.loads(proc.stdout)] == ["anybind.builtins.text"]
+    builtins = ["anybind.builtins.hf", "anybind.builtins.text"]
+    assert [i["name"] for i in json.loads(proc.stdout)] == builtins
     proc = run_cli("plugins", "--json", env={"ANYBIND_LOAD_PLUGINS": "anybind-image"}, check=True)
-    assert [i["name"] for i in json.loads(proc.stdout)] == ["anybind.builtins.text", "anybind-image"]
+    assert [i["name"] for i in json.loads(proc.stdout)] == [*builtins, "anybind-image"]
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["plugins"], ["plugins", "--json"], ["registry"], ["--version"]])
