@@ -10,7 +10,7 @@ from anybind import plugins
 from anybind.errors import InputError
 from anybind.model import Tower
 from anybind_audio.encoder import AudioEncoder, load_audio
-from anybind_pointcloud.encoder import PointCloudEncoder, farthest_point_sample
+from anybind_pointcloud.encoder import PointCloudEncoder, PointCloudEncoderConfig, farthest_point_sample
 from anybind_pointcloud.io import load_points, write_ply
 from anybind_video.encoder import VideoEncoder, load_video
 from anybind_video.world import render_clip, write_mp4
@@ -177,10 +177,11 @@ def test_bad_point_clouds_name_the_file(tmp_path, name, make, problem):
 
 
 def test_point_cloud_tokens_are_deterministic_and_rotation_augmented():
-    encoder = PointCloudEncoder()
+    encoder = PointCloudEncoder(PointCloudEncoderConfig(jitter=0.0, token_drop=0.0))
+    c = encoder.config
     a, b = encoder.preprocess(_cloud()), encoder.preprocess(_cloud())
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert a["neighbours"].shape == (32, 16, 3) and a["centres"].shape == (32, 3)
+    assert a["neighbours"].shape == (c.groups, c.group_size, 3) and a["centres"].shape == (c.groups, 3)
     batch = encoder.collate([a, a])
     rotated = encoder.augment(batch)
     # rotation and scaling keep the shape of each group up to scale
@@ -189,7 +190,18 @@ def test_point_cloud_tokens_are_deterministic_and_rotation_augmented():
     ratio = after[moved] / before[moved]
     assert torch.allclose(ratio, ratio[0].expand_as(ratio), atol=1e-4) and 0.85 <= float(ratio[0]) <= 1.15
     assert not torch.allclose(rotated["centres"], batch["centres"])
-    assert encoder(**rotated).tokens.shape == (2, 32, 128)
+    assert encoder(**rotated).tokens.shape == (2, c.groups, c.width)
+
+
+def test_point_cloud_augment_jitters_and_drops_groups():
+    encoder = PointCloudEncoder(PointCloudEncoderConfig(jitter=0.1, token_drop=0.25))
+    c = encoder.config
+    batch = encoder.collate([encoder.preprocess(_cloud())] * 2)
+    augmented = encoder.augment(batch)
+    keep = c.groups - round(c.groups * 0.25)
+    assert augmented["neighbours"].shape == (2, keep, c.group_size, 3) and augmented["centres"].shape == (2, keep, 3)
+    assert encoder(**augmented).tokens.shape == (2, keep, c.width)
+    assert encoder(**batch).tokens.shape == (2, c.groups, c.width)  # embedding (no augment) keeps every group
 
 
 def test_farthest_point_sampling_spreads_out():

@@ -14,6 +14,6 @@ def register_modalities(register):
             loader="anybind_pointcloud.io:load_points",
             encoder="anybind_pointcloud.encoder:PointCloudEncoder",
             world="anybind_pointcloud.world:build",
-            train={"steps": 300, "batch_size": 64, "lr": 2e-3},
+            train={"steps": 450, "batch_size": 64, "lr": 2e-3},
         )
     )

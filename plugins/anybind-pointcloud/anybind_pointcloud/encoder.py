@@ -25,14 +25,35 @@ def farthest_point_sample(points: torch.Tensor, k: int) -> torch.Tensor:
     return chosen
 
 
+def level(points: torch.Tensor, max_tilt: float = 0.7) -> torch.Tensor:
+    """Rotate a centred, nearly flat cloud so its thinnest principal axis is z (undo a tilt).
+
+    Only the smallest rotation taking that axis to +z is applied (no in-plane turn), and only
+    when the axis is within ``max_tilt`` radians of z: other clouds are returned unchanged.
+    """
+    normal = torch.linalg.eigh(points.T @ points)[1][:, 0]  # eigenvalues ascending
+    normal = -normal if normal[2] < 0 else normal
+    if float(normal[2]) < math.cos(max_tilt):
+        return points
+    v, c = torch.linalg.cross(normal, torch.tensor([0.0, 0.0, 1.0])), float(normal[2])
+    vx = torch.tensor([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    return points @ (torch.eye(3) + vx + vx @ vx / (1 + c)).T
+
+
 @dataclass
 class PointCloudEncoderConfig:
-    points: int = 256  # resampled to this many points
-    groups: int = 32  # FPS centres = tokens
-    group_size: int = 16  # neighbours per centre
+    points: int = 512  # resampled to this many points
+    groups: int = 16  # FPS centres = tokens
+    group_size: int = 32  # neighbours per centre
     width: int = 128
     depth: int = 2
     heads: int = 4
+    neighbour_scale: float = 8.0  # group offsets are ~0.1 in the unit sphere: bring them to ~1
+    absolute: bool = True  # each point sees its absolute position as well as its offset from the centre
+    point_norm: bool = True  # LayerNorm inside the mini-PointNet (BatchNorm overfits these small sets)
+    final_norm: bool = True  # LayerNorm on the transformer's output tokens
+    jitter: float = 0.1  # training only: Gaussian noise on the (scaled) neighbour offsets
+    token_drop: float = 0.25  # training only: this fraction of each cloud's groups is dropped
 
 
 class PointCloudEncoder(ModalityEncoder):
@@ -40,18 +61,22 @@ class PointCloudEncoder(ModalityEncoder):
 
     def __init__(self, config: PointCloudEncoderConfig | None = None):
         super().__init__(config or PointCloudEncoderConfig())
-        w = self.config.width
-        self.point_mlp = nn.Sequential(nn.Linear(3, 64), nn.GELU(), nn.Linear(64, w))  # mini-PointNet
+        c = self.config
+        w = c.width
+        inp = 6 if c.absolute else 3  # (offset from centre x neighbour_scale, absolute position)
+        self.point_mlp = nn.Sequential(nn.Linear(inp, 64), nn.LayerNorm(64) if c.point_norm else nn.Identity(), nn.GELU(),
+                                       nn.Linear(64, w))  # mini-PointNet
         self.group_mlp = nn.Sequential(nn.Linear(2 * w, w), nn.GELU(), nn.Linear(w, w))
         self.centre_embed = nn.Sequential(nn.Linear(3, w), nn.GELU(), nn.Linear(w, w))
         layer = nn.TransformerEncoderLayer(w, self.config.heads, dim_feedforward=2 * w, dropout=0.0,
                                            batch_first=True, norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, self.config.depth, enable_nested_tensor=False)
+        self.final = nn.LayerNorm(w) if c.final_norm else nn.Identity()
 
     def preprocess(self, raw: np.ndarray) -> dict[str, torch.Tensor]:
         c = self.config
         points = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
-        points = points - points.mean(0)
+        points = level(points - points.mean(0))
         points = points / points.norm(dim=1).max().clamp(min=1e-6)  # unit sphere
         # Deterministic resampling (seeded by the cloud itself) so a file always embeds the same.
         g = torch.Generator().manual_seed(int(len(points)) * 7919 + int(points.abs().sum() * 1000) % 100003)
@@ -60,24 +85,37 @@ class PointCloudEncoder(ModalityEncoder):
         points = points[index]
         centres = points[farthest_point_sample(points, c.groups)]  # (G, 3)
         nearest = torch.cdist(centres, points).topk(c.group_size, largest=False).indices  # (G, K)
-        return {"neighbours": points[nearest] - centres[:, None, :], "centres": centres}
+        return {"neighbours": (points[nearest] - centres[:, None, :]) * c.neighbour_scale, "centres": centres}
 
     def augment(self, batch):
-        """Random rotation about the vertical axis and scaling, the same for centres and groups."""
+        """Random rotation about the vertical axis and scaling, the same for centres and groups; then
+        jitter on the neighbour offsets and a random subset of groups dropped (``jitter``, ``token_drop``)."""
         b = batch["centres"].shape[0]
         angle = (torch.rand(b) - 0.5) * (math.pi / 12)  # +-7.5 degrees
         cos, sin = angle.cos(), angle.sin()
         rot = torch.zeros(b, 3, 3)
         rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1], rot[:, 2, 2] = cos, -sin, sin, cos, 1
         rot = rot * torch.empty(b, 1, 1).uniform_(0.85, 1.15)
-        return {
+        out = {
             "neighbours": torch.einsum("bgkc,bdc->bgkd", batch["neighbours"], rot),
             "centres": torch.einsum("bgc,bdc->bgd", batch["centres"], rot),
         }
+        if self.config.jitter:
+            out["neighbours"] = out["neighbours"] + torch.randn_like(out["neighbours"]) * self.config.jitter
+        if self.config.token_drop:
+            g = out["centres"].shape[1]
+            keep = g - int(round(g * self.config.token_drop))
+            idx = torch.rand(b, g).argsort(1)[:, :keep]
+            out["neighbours"] = torch.gather(out["neighbours"], 1, idx[:, :, None, None].expand(-1, -1, *out["neighbours"].shape[2:]))
+            out["centres"] = torch.gather(out["centres"], 1, idx[:, :, None].expand(-1, -1, 3))
+        return out
 
     def forward(self, neighbours: torch.Tensor, centres: torch.Tensor) -> EncoderOutput:
+        if self.config.absolute:
+            neighbours = torch.cat([neighbours, neighbours / self.config.neighbour_scale + centres[:, :, None, :]], dim=-1)
         per_point = self.point_mlp(neighbours)  # (B, G, K, W)
         pooled = per_point.max(dim=2).values  # (B, G, W)
         per_point = torch.cat([per_point, pooled[:, :, None].expand_as(per_point)], dim=-1)
         groups = self.group_mlp(per_point).max(dim=2).values  # (B, G, W)
-        return EncoderOutput(tokens=self.transformer(groups + self.centre_embed(centres)))  # (B, G, W)
+        tokens = self.final(self.transformer(groups + self.centre_embed(centres)))  # (B, G, W)
+        return EncoderOutput(tokens=tokens)

@@ -6,19 +6,20 @@ import numpy as np
 
 from anybind_pointcloud.io import write_ply
 
-POINTS = 384
+POINTS = 1024
+GRID = 32  # the digit is upsampled to GRID x GRID before ink is sampled
 
 
 def extrude(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """(8, 8) digit -> (POINTS, 3): ink sampled in the plane, extruded in depth, jittered and tilted."""
     from PIL import Image
 
-    big = np.asarray(Image.fromarray((pixels * 255).astype(np.uint8)).resize((24, 24), Image.BICUBIC), dtype=np.float32) / 255
+    big = np.asarray(Image.fromarray((pixels * 255).astype(np.uint8)).resize((GRID, GRID), Image.BICUBIC), dtype=np.float32) / 255
     ys, xs = np.nonzero(big > 0.4)
     weights = big[ys, xs] / big[ys, xs].sum()
     pick = rng.choice(len(xs), size=POINTS, p=weights)
-    x = (xs[pick] + rng.uniform(-0.5, 0.5, POINTS)) / 24 - 0.5
-    y = 0.5 - (ys[pick] + rng.uniform(-0.5, 0.5, POINTS)) / 24
+    x = (xs[pick] + rng.uniform(-0.5, 0.5, POINTS)) / GRID - 0.5
+    y = 0.5 - (ys[pick] + rng.uniform(-0.5, 0.5, POINTS)) / GRID
     z = rng.uniform(-0.08, 0.08, POINTS)
     points = np.stack([x, y, z], axis=1) + rng.normal(0, 0.01, (POINTS, 3))
     ax, ay = rng.uniform(-0.35, 0.35, 2)  # tilt out of the plane, up to 20 degrees
