@@ -64,6 +64,7 @@ class ChatModel:
                  path: Path | None = None, system_prompt: str | None = None, bound_dir: Path | None = None):
         self.bound = bound
         self.bound_dir = bound_dir
+        self._bound_index = read_config(bound_dir) if bound_dir is not None else None  # read once
         self.backbone = backbone
         self.projectors = projectors
         self.path = path
@@ -100,15 +101,15 @@ class ChatModel:
     @property
     def modalities(self) -> list[str]:
         """The modalities this model can embed and read (every tower of its bound model)."""
-        if self.bound_dir is None:
+        if self._bound_index is None:
             return self.bound.modalities
-        return read_config(self.bound_dir).get("modalities", [])
+        return self._bound_index.get("modalities", [])
 
     @property
     def embed_dim(self) -> int:
-        if self.bound_dir is None:
+        if self._bound_index is None:
             return self.bound.embed_dim
-        return int(read_config(self.bound_dir)["embed_dim"])
+        return int(self._bound_index["embed_dim"])
 
     def _ensure(self, modalities) -> None:
         """Load towers on first use (the text tower is left out of chat loading, which never needs it)."""
