@@ -52,11 +52,6 @@ class AlignSettings:
     lr: float = 1e-3
     tokens: int = 4  # soft tokens per attachment
     hidden: int = 1024
-    #: Augmentations that keep the projector from reading image-only detail, so it also reads
-    #: modalities it never saw: Gaussian noise on the bound embedding (then renormalised), and
-    #: the share of examples whose input is the row's caption embedded by the bound text tower.
-    noise: float = 0.0
-    text_mix: float = 0.0
     seed: int = 0
     save_every: int = 50
     on_bad_row: str = "skip"
@@ -162,10 +157,6 @@ def train_align_in(manifest_path: Path | str, bound: Path | str, out: Path | str
     tower.to(accelerator.device)
     embeddings = tower.embed_samples(samples, batch_size=256)  # (N, D), frozen: computed once
     del samples
-    captions = None
-    if settings.text_mix > 0 and all(r.get("text") for r in rows):
-        text_tower = Tower.from_pretrained(bound / "text").eval()
-        captions = text_tower.embed_samples([text_tower.encoder.preprocess(r["text"]) for r in rows], batch_size=256)
     examples = make_examples(manifest, rows)
 
     lm = load_backbone(backbone)
@@ -187,13 +178,7 @@ def train_align_in(manifest_path: Path | str, bound: Path | str, out: Path | str
                 question = pick.choice(GENERIC_QUESTIONS)
             turn = Turn("user", question, [Attachment(modality, rows[i][modality], embeddings[i])])
             encodings.append(encode(lm.tokenizer, [turn], settings.tokens, answer=answer))
-        inputs = embeddings[indices]
-        if captions is not None:
-            use_text = torch.rand(len(indices)) < settings.text_mix
-            inputs = torch.where(use_text[:, None], captions[indices], inputs)
-        if settings.noise:
-            inputs = F.normalize(inputs + settings.noise * torch.randn_like(inputs), dim=-1)
-        return model(inputs.to(accelerator.device), encodings)
+        return model(embeddings[indices].to(accelerator.device), encodings)
 
     loop = LoopSettings(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
                         save_every=settings.save_every, progress=settings.progress)
