@@ -18,10 +18,15 @@ quickstart: $(STAMP)
 	@test -f runs/world/manifest.jsonl || $(BIN)/anybind world build runs/world
 	$(BIN)/anybind train bind --manifest runs/world --out runs/bind
 	$(BIN)/anybind eval bind --model runs/bind --manifest runs/world
-	$(BIN)/anybind train align-in --manifest runs/world --bound runs/bind --out runs/align-in
-	$(BIN)/anybind eval chat --model runs/align-in --manifest runs/world
-	$(BIN)/anybind chat "Which digit is spoken here?" --model runs/align-in \
+	$(BIN)/anybind train decoder --manifest runs/world --out runs/decoder
+	$(BIN)/anybind train align-in --manifest runs/world --bound runs/bind --out runs/chat
+	$(BIN)/anybind train align-out --manifest runs/world --model runs/chat --decoder runs/decoder
+	$(BIN)/anybind eval chat --model runs/chat --manifest runs/world
+	$(BIN)/anybind eval generate --model runs/chat --decoder runs/decoder --manifest runs/world
+	$(BIN)/anybind chat "Which digit is spoken here?" --model runs/chat \
 		--attach "$$($(BIN)/anybind world sample runs/world --modality audio --label seven)"
+	$(BIN)/anybind chat "Write one sentence about the number four, then draw it." --model runs/chat \
+		--format html -o runs/four.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

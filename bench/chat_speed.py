@@ -1,6 +1,6 @@
 """Benchmark: anybind's generation vs bare transformers `generate`, time to first token, peak RSS.
 
-    .venv/bin/python bench/chat_speed.py [--model runs/align-in] [--attach FILE] [--tokens 64] [--repeats 3]
+    .venv/bin/python bench/chat_speed.py [--model runs/chat] [--attach FILE] [--tokens 64] [--repeats 3]
 
 Both sides decode greedily from the *same* input embeddings (prompt + the attachment's soft
 tokens, through the same chat template) for exactly --tokens new tokens (end-of-turn is not
@@ -22,7 +22,7 @@ from anybind.generation import SamplingOptions, decode
 from anybind.world import read_manifest
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--model", default="runs/align-in")
+parser.add_argument("--model", default="runs/chat")
 parser.add_argument("--manifest", default="runs/world")
 parser.add_argument("--attach", help="Attachment (default: the first held-out audio clip of the manifest).")
 parser.add_argument("--prompt", default="Which digit is spoken here? Answer in one sentence.")

@@ -82,3 +82,50 @@ def build_tiny_causal_lm(path: Path, max_positions: int = 256) -> Path:
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory):
     return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm") / "model")
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """200 digits as images and spoken words (shared by the chat and image-output tests)."""
+    root = tmp_path_factory.mktemp("small-world")
+    run_cli("world", "build", str(root), "--modality", "image", "--modality", "audio", "--limit", "200", "--small", check=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_bound(small_world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("small-bind") / "bind"
+    run_cli("train", "bind", "--manifest", str(small_world), "--out", str(out), "--steps", "30", "--batch-size", "32", check=True)
+    return out
+
+
+def build_tiny_sd(path: Path, cross_attention_dim: int = 32, max_tokens: int = 12) -> Path:
+    """A tiny random Stable Diffusion pipeline with its own CLIP text encoder and a byte-level
+    CLIP tokenizer written here (16x16 images), saved as a standard diffusers directory."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    path.mkdir(parents=True, exist_ok=True)
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_tokens)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=cross_attention_dim, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=max_tokens, bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"]))
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=4, norm_num_groups=8)
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8, sample_size=16)
+    pipeline = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                                set_alpha_to_one=False, steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipeline.save_pretrained(path)
+    return path

@@ -16,17 +16,13 @@ from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("chat-world")
-    run_cli("world", "build", str(root), "--modality", "image", "--modality", "audio", "--limit", "200", "--small", check=True)
-    return root
+def world(small_world):
+    return small_world
 
 
 @pytest.fixture(scope="module")
-def bound(world, tmp_path_factory):
-    out = tmp_path_factory.mktemp("chat-bind") / "bind"
-    run_cli("train", "bind", "--manifest", str(world), "--out", str(out), "--steps", "30", "--batch-size", "32", check=True)
-    return out
+def bound(small_bound):
+    return small_bound
 
 
 @pytest.fixture(scope="module")

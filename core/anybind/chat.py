@@ -10,7 +10,7 @@ A *chat model directory* (written by ``anybind train align-in``)::
 into the shared space; the projector trained on ``image`` serves every modality that has
 no projector of its own (emergent any-to-text).
 
-    model = anybind.load("runs/align-in")
+    model = anybind.load("runs/chat")
     for event in model.generate("What digit is spoken here?", attachments=["seven.wav"]):
         if event.type == "text":
             print(event.text, end="", flush=True)
@@ -27,7 +27,8 @@ import torch
 
 from anybind.conversation import Attachment, Encoded, Turn, describe, encode, fit, input_embeddings
 from anybind.errors import CheckpointError, InputError
-from anybind.generation import DoneEvent, NoticeEvent, SamplingOptions, TextEvent, TextStream, decode
+from anybind.generation import DoneEvent, ImageEvent, NoticeEvent, SamplingOptions, TextEvent, TextStream, decode
+from anybind.imageout import ImageOutput
 from anybind.lm import Backbone, load_backbone
 from anybind.model import AnybindModel, Tower, resolve_input
 from anybind.persistence import CONFIG_NAME, read_config, write_json_atomic
@@ -61,8 +62,15 @@ class ChatModel:
     """The shared space (towers), a frozen LM backbone and input projectors: what chat runs on."""
 
     def __init__(self, bound: AnybindModel, backbone: Backbone, projectors: dict[str, InputProjector],
-                 path: Path | None = None, system_prompt: str | None = None, bound_dir: Path | None = None):
+                 path: Path | None = None, system_prompt: str | None = None, bound_dir: Path | None = None,
+                 image_output: ImageOutput | None = None, decoder: str | None = None):
         self.bound = bound
+        self.image_output = image_output
+        if image_output is not None:
+            image_output.to(backbone.device).eval().requires_grad_(False)
+        self._decoder_reference = decoder
+        self._decoder = None
+        self._boundaries = None
         self.bound_dir = bound_dir
         self._bound_index = read_config(bound_dir) if bound_dir is not None else None  # read once
         self.backbone = backbone
@@ -74,7 +82,8 @@ class ChatModel:
         self.soft_tokens = next(iter(projectors.values())).config.tokens if projectors else 4
 
     @classmethod
-    def from_pretrained(cls, path: Path | str, backbone: Backbone | None = None) -> "ChatModel":
+    def from_pretrained(cls, path: Path | str, backbone: Backbone | None = None, decoder: str | None = None) -> "ChatModel":
+        """Load a chat model directory; ``decoder`` overrides the image decoder it was trained with."""
         path = Path(path)
         config = read_chat_config(path)
         bound_dir = (path / config["bound"]).resolve()
@@ -84,12 +93,19 @@ class ChatModel:
         if not projectors:
             raise CheckpointError(f"{path}: has no trained projector; run anybind train align-in --out {path}")
         backbone = backbone or load_backbone(config["backbone"])
+        image_output = None
+        if config.get("image_output"):
+            image_output = ImageOutput.from_pretrained(path / config["image_output"])
+            projectors = {**projectors, "[IMG]": image_output}  # checked for width below, removed after
         for name, projector in projectors.items():
             if projector.config.lm_width != backbone.hidden_size:
                 raise CheckpointError(f"{path}/projectors/{name}: made for a {projector.config.lm_width}-wide LM, "
                                       f"but {backbone.reference} is {backbone.hidden_size}-wide")
+        projectors.pop("[IMG]", None)
         # Towers load when an attachment first needs them: a chat about audio never loads video.
-        return cls(AnybindModel({}), backbone, projectors, path, bound_dir=bound_dir)
+        # The decoder loads when the model first draws.
+        return cls(AnybindModel({}), backbone, projectors, path, bound_dir=bound_dir, image_output=image_output,
+                   decoder=decoder)
 
     # --- the shared space (as AnybindModel) --------------------------------------------------
 
@@ -156,6 +172,46 @@ class ChatModel:
             out.append(proj(attachment.embedding.to(self.backbone.device)[None])[0])
         return torch.stack(out)  # (attachments, k, H)
 
+    # --- images out ---------------------------------------------------------------------------
+
+    @property
+    def can_draw(self) -> bool:
+        return self.image_output is not None
+
+    @property
+    def boundaries(self) -> torch.Tensor:
+        """Tokens after which an image may start (see :func:`anybind.imageout.sentence_boundaries`)."""
+        if self._boundaries is None:
+            from anybind.imageout import sentence_boundaries
+
+            self._boundaries = sentence_boundaries(self.backbone.tokenizer, self.backbone.vocab_size)
+        return self._boundaries
+
+    @property
+    def decoder(self):
+        """The image decoder (loaded on first use)."""
+        if self._decoder is None:
+            from anybind.align_out import check_compatible
+            from anybind.decoders import load_decoder
+
+            if self.image_output is None:
+                raise CheckpointError(f"{self.path}: this chat model cannot draw; train it with: anybind train align-out")
+            reference = self._decoder_reference or self.image_output.config.decoder
+            name, sep, rest = reference.partition(":")
+            if not (sep and len(name) > 1) and self.path is not None and not Path(reference).is_absolute():
+                if self._decoder_reference is None:  # stored relative to the chat model directory
+                    reference = str((self.path / reference).resolve())
+            decoder = load_decoder(reference, device=self.backbone.device)
+            check_compatible(self.image_output, decoder, reference)
+            self._decoder = decoder
+        return self._decoder
+
+    @torch.no_grad()
+    def draw(self, states: torch.Tensor, *, seed: int = 0, steps: int | None = None, guidance: float | None = None):
+        """Images from the final hidden states at ``[IMG0..k-1]``, ``(B, k, H)``."""
+        cond = self.image_output(states.to(self.backbone.device))
+        return self.decoder.decode(cond, seed=seed, steps=steps, guidance=guidance)
+
     # --- generation --------------------------------------------------------------------------
 
     def conversation(self, prompt: str, attachments: Sequence = (), history: Sequence[Turn] = ()) -> list[Turn]:
@@ -167,17 +223,23 @@ class ChatModel:
 
     def generate(self, prompt: str, attachments: Sequence = (), *, history: Sequence[Turn] = (),
                  max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-                 projector: str | None = None) -> Iterator:
+                 projector: str | None = None, draw: bool = True, max_images: int = 4,
+                 image_steps: int | None = None) -> Iterator:
         """Answer ``prompt`` about ``attachments``, yielding events as they are produced:
-        :class:`TextEvent` pieces, maybe a :class:`NoticeEvent`, then one :class:`DoneEvent`."""
+        :class:`TextEvent` pieces and :class:`ImageEvent` images in order, maybe a
+        :class:`NoticeEvent`, then one :class:`DoneEvent`."""
         began = time.time()
         turns = self.conversation(prompt, attachments, history)
         options = SamplingOptions(max_new_tokens, temperature, top_p, seed)
-        yield from self.respond(turns, options, projector=projector, began=began)
+        yield from self.respond(turns, options, projector=projector, began=began, draw=draw, max_images=max_images,
+                                image_steps=image_steps)
 
     def respond(self, turns: list[Turn], options: SamplingOptions, *, projector: str | None = None,
-                began: float | None = None) -> Iterator:
-        """Continue a conversation whose last turn is the user's."""
+                began: float | None = None, draw: bool = True, max_images: int = 4,
+                image_steps: int | None = None) -> Iterator:
+        """Continue a conversation whose last turn is the user's. A model trained with
+        ``align-out`` may draw (``draw=False`` keeps it to text): each image is an
+        :class:`ImageEvent` in its place among the text."""
         began = began or time.time()
         budget = self.backbone.max_context - options.max_new_tokens
         encoded, dropped = fit(self.backbone.tokenizer, turns, self.soft_tokens, budget)
@@ -189,18 +251,32 @@ class ChatModel:
         first = None
         reason = "length"
         count = 0
-        for token in decode(self.backbone.model, embeds, mask, options, self.backbone.stop_ids):
+        gen = self.image_output if draw else None
+        vocab = self.backbone.vocab_size
+        tracker = ImageStates(1, gen.tokens, vocab) if gen is not None else None
+        drawn = 0
+        for item in decode(self.backbone.model, embeds, mask, options, self.backbone.stop_ids, gen=gen,
+                           max_images=max_images, boundaries=self.boundaries if gen is not None else None):
+            token, hidden = item if gen is not None else (item, None)
             token_id = int(token[0])
+            if tracker is not None:
+                for _, states in tracker.push(token, hidden):
+                    image = self.draw(states[None], seed=(options.seed or 0) + drawn, steps=image_steps)[0]
+                    first = first if first is not None else time.time() - began
+                    yield ImageEvent(image, drawn)
+                    drawn += 1
             count += 1
             if token_id in stop:
                 reason = "stop"
                 break
+            if token_id >= vocab:
+                continue
             piece = stream.push(token_id)
             if piece:
                 first = first if first is not None else time.time() - began
                 yield TextEvent(piece)
         yield DoneEvent(stream.text, count, reason, time.time() - began, first,
-                        usage={"prompt_tokens": len(encoded.ids), "completion_tokens": count})
+                        usage={"prompt_tokens": len(encoded.ids), "completion_tokens": count, "images": drawn})
 
     @torch.no_grad()
     def answer_batch(self, questions: Sequence[str], attachments: Sequence[Attachment], *, max_new_tokens: int = 16,
@@ -220,24 +296,93 @@ class ChatModel:
         return out
 
 
+@torch.no_grad()
+def draw_batch(model: "ChatModel", prompts: Sequence[str], *, max_new_tokens: int = 48, seed: int = 0,
+               image_steps: int | None = None) -> list[tuple[str, list]]:
+    """Greedy answers to text prompts, decoded together, with the images each one drew (for evaluation)."""
+    tokenizer = model.backbone.tokenizer
+    encodings = [encode(tokenizer, model.conversation(p), model.soft_tokens) for p in prompts]
+    embeds, mask = input_embeddings(model.backbone, encodings, [None] * len(encodings), pad_left=True)
+    gen, vocab = model.image_output, model.backbone.vocab_size
+    tracker = ImageStates(len(prompts), gen.tokens, vocab)
+    ids: list[list[int]] = [[] for _ in prompts]
+    pending: list[tuple[int, torch.Tensor]] = []
+    for token, hidden in decode(model.backbone.model, embeds, mask, SamplingOptions(max_new_tokens),
+                                model.backbone.stop_ids, gen=gen, max_images=1, boundaries=model.boundaries):
+        pending += tracker.push(token, hidden)
+        for row, token_id in enumerate(token.tolist()):
+            ids[row].append(token_id)
+    images: list[list] = [[] for _ in prompts]
+    if pending:
+        drawn = model.draw(torch.stack([states for _, states in pending]), seed=seed, steps=image_steps)
+        for (row, _), image in zip(pending, drawn):
+            images[row].append(image)
+    stop = set(model.backbone.stop_ids)
+    out = []
+    for row, row_ids in enumerate(ids):
+        cut = next((i for i, t in enumerate(row_ids) if t in stop), len(row_ids))
+        text = tokenizer.decode([t for t in row_ids[:cut] if t < vocab], skip_special_tokens=True).strip()
+        out.append((text, images[row]))
+    return out
+
+
+class ImageStates:
+    """Collects, per row of a decode, the final hidden states of ``[IMG0..k-1]`` as they are fed.
+
+    ``decode`` yields ``(token, hidden)``; after a row's token was ``[IMG_j]``, the next
+    ``hidden`` is that token's state. :meth:`push` returns the rows whose image is complete.
+    """
+
+    def __init__(self, rows: int, tokens: int, vocab: int):
+        self.tokens, self.vocab = tokens, vocab
+        self.states: list[list[torch.Tensor]] = [[] for _ in range(rows)]
+        self.after = [False] * rows
+
+    def push(self, token: torch.Tensor, hidden: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+        done = []
+        for row, token_id in enumerate(token.tolist()):
+            if self.after[row]:
+                self.states[row].append(hidden[row])
+                if len(self.states[row]) == self.tokens:
+                    done.append((row, torch.stack(self.states[row])))
+                    self.states[row] = []
+            self.after[row] = token_id >= self.vocab
+        return done
+
+
 class ChatSession:
     """A conversation that keeps its history (what interactive ``anybind chat`` uses)."""
 
-    def __init__(self, model: ChatModel, options: SamplingOptions | None = None, projector: str | None = None):
+    def __init__(self, model: ChatModel, options: SamplingOptions | None = None, projector: str | None = None,
+                 draw: bool = True, image_steps: int | None = None, max_images: int = 4):
         self.model = model
+        self.max_images = max_images
         self.options = options or SamplingOptions()
         self.projector = projector
+        self.draw = draw
+        self.image_steps = image_steps
         self.turns: list[Turn] = []
 
     def ask(self, prompt: str, attachments: Sequence = ()) -> Iterator:
         began = time.time()
         turns = self.model.conversation(prompt, attachments, self.turns)
         answer = None
-        for event in self.model.respond(turns, self.options, projector=self.projector, began=began):
+        drawn = []
+        for event in self.model.respond(turns, self.options, projector=self.projector, began=began, draw=self.draw,
+                                        image_steps=self.image_steps, max_images=self.max_images):
             if isinstance(event, DoneEvent):
                 answer = event.text
+            elif isinstance(event, ImageEvent):
+                drawn.append(event)
             yield event
-        self.turns = turns + [Turn("assistant", answer or "")]
+        self.turns = turns + [Turn("assistant", answer or "", self._seen(drawn))]
+
+    def _seen(self, drawn: list[ImageEvent]) -> list[Attachment]:
+        """The images of an answer, embedded like user images, so later turns can refer to them."""
+        if not drawn or BINDING_MODALITY not in self.model.modalities:
+            return []
+        embeddings = self.model.embed_raw(BINDING_MODALITY, [e.image for e in drawn])
+        return [Attachment(BINDING_MODALITY, e.path or f"drawn image {e.index + 1}", emb) for e, emb in zip(drawn, embeddings)]
 
     def reset(self) -> None:
         self.turns = []

@@ -5,7 +5,6 @@ Stays light at import (no torch); the model loads when the command runs.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -31,30 +30,17 @@ def check_attachment(item: str) -> None:
     plugins.modality_for_path(path)
 
 
-def print_events(events, output_format: str, stats: bool) -> None:
-    """Stream events to stdout as they come: text as it decodes, or one JSON object per event."""
-    from dataclasses import asdict
-
-    for event in events:
-        if output_format == "jsonl":
-            click.echo(json.dumps(asdict(event)))
-            continue
-        if event.type == "text":
-            click.echo(event.text, nl=False)
-            sys.stdout.flush()
-        elif event.type == "notice":
-            click.secho(f"[{event.message}]", fg="yellow", err=True)
-        elif event.type == "done":
-            click.echo()
-            sys.stdout.flush()
-            if stats:
-                first = f", first token {event.first_token_seconds:.2f}s" if event.first_token_seconds is not None else ""
-                rate = event.tokens / event.seconds if event.seconds else 0.0
-                click.secho(f"[{event.tokens} tokens in {event.seconds:.2f}s ({rate:.1f}/s){first}; "
-                            f"prompt {event.usage.get('prompt_tokens')} tokens; stop: {event.reason}]", dim=True, err=True)
+def _err(message: str) -> None:
+    click.secho(message, fg="yellow" if message.startswith("[dropped") else None, dim=not message.startswith("[dropped"), err=True)
 
 
-def interactive(session, output_format: str, stats: bool, pending: list[str]) -> None:
+def print_events(events, renderer) -> None:
+    """Stream events through ``renderer`` as they come."""
+    renderer.render(events)
+    sys.stdout.flush()
+
+
+def interactive(session, renderer, pending: list[str]) -> None:
     try:
         import readline  # noqa: F401 - line editing and history for input()
     except ImportError:
@@ -93,44 +79,97 @@ def interactive(session, output_format: str, stats: bool, pending: list[str]) ->
                 click.secho(f"unknown command {command}; /help lists them", fg="red", err=True)
             continue
         try:
-            click.echo("anybind> ", nl=False)
-            print_events(session.ask(line, list(pending)), output_format, stats)
+            if renderer.out is sys.stdout and not isinstance(renderer, _structured()):
+                click.echo("anybind> ", nl=False)
+            renderer.begin_turn(line)
+            print_events(session.ask(line, list(pending)), renderer)
             pending.clear()
         except AnybindError as exc:  # a bad attachment or an over-long message: say so, keep the session
             click.secho(f"\nError: {exc}", fg="red", err=True)
             pending.clear()
 
 
+def _structured():
+    from anybind.render import HtmlRenderer, JsonlRenderer
+
+    return (HtmlRenderer, JsonlRenderer)
+
+
 @click.command()
 @click.argument("prompt", required=False)
 @click.option("-a", "--attach", "attachments", multiple=True, metavar="FILE",
               help="A file of any installed modality to ask about (repeatable, mixed modalities).")
-@click.option("--model", "model_dir", default="runs/align-in", show_default=True, type=click.Path(),
-              help="Chat model directory (anybind train align-in).")
+@click.option("--model", "model_dir", default="runs/chat", show_default=True, type=click.Path(),
+              help="Chat model directory (anybind train align-in / align-out).")
 @click.option("--max-tokens", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="0 decodes greedily.")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
-@click.option("--seed", type=int, help="Seed for sampling (temperature > 0).")
+@click.option("--seed", type=int, help="Seed for sampling (temperature > 0) and for the images.")
 @click.option("--projector", help="Use this modality's projector for every attachment (e.g. image).")
-@click.option("--format", "output_format", type=click.Choice(["terminal", "jsonl"]), default="terminal", show_default=True)
+@click.option("--format", "output_format", type=click.Choice(["terminal", "markdown", "html", "jsonl"]),
+              default="terminal", show_default=True,
+              help="html is one self-contained page (images inline); the others save images as files.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write the answer here instead of stdout (written whole at the end; nothing partial on failure).")
+@click.option("--images-dir", type=click.Path(file_okay=False),
+              help="Where drawn images are saved (default: next to --output, else the current folder).")
+@click.option("--decoder", "decoder", help="Draw with this decoder instead of the model's own (a directory or sd:PATH).")
+@click.option("--no-images", is_flag=True, help="Answer in text only, even if the model can draw.")
+@click.option("--image-steps", type=click.IntRange(1, 1000), help="Sampling steps per image (default: the decoder's).")
+@click.option("--max-images", type=click.IntRange(0), default=4, show_default=True, help="At most this many images per answer.")
 @click.option("--stats", is_flag=True, help="Print token counts and timings to stderr.")
-def chat(prompt, attachments, model_dir, max_tokens, temperature, top_p, seed, projector, output_format, stats):
-    """Chat about files of any installed modality.
+def chat(prompt, attachments, model_dir, max_tokens, temperature, top_p, seed, projector, output_format, output,
+         images_dir, decoder, no_images, image_steps, max_images, stats):
+    """Chat about files of any installed modality; a model trained with align-out also draws.
 
     \b
     anybind chat "What digit is spoken here?" --attach seven.wav
+    anybind chat "Write one sentence about the number four, then draw it" --format html -o four.html
     anybind chat                          (interactive; /attach FILE, /reset, /quit)
     """
+    import os
+    import tempfile
+
     import anybind
-    from anybind.chat import ChatSession, read_chat_config
+    from anybind.chat import ChatModel, ChatSession, read_chat_config
+    from anybind.decoders import check_writable
     from anybind.generation import SamplingOptions
+    from anybind.render import make_renderer
 
     for item in attachments:
         check_attachment(item)
+    target = check_writable(output) if output else None
+    folder = Path(images_dir) if images_dir else (target.parent if target else Path("."))
+    if output_format != "html":
+        if not folder.is_dir():
+            raise AnybindError(f"{folder}: images folder does not exist")
+        if not os.access(folder, os.W_OK):
+            raise AnybindError(f"{folder}: images folder is not writable")
     read_chat_config(Path(model_dir))
-    model = anybind.load(model_dir)
-    session = ChatSession(model, SamplingOptions(max_tokens, temperature, top_p, seed), projector=projector)
-    if prompt is None:
-        interactive(session, output_format, stats, list(attachments))
-        return
-    print_events(session.ask(prompt, attachments), output_format, stats)
+    model = ChatModel.from_pretrained(model_dir, decoder=decoder) if decoder else anybind.load(model_dir)
+    if decoder and model.can_draw and not no_images:
+        model.decoder  # load and check it now: a mismatch is an error before any text is written
+    session = ChatSession(model, SamplingOptions(max_tokens, temperature, top_p, seed), projector=projector,
+                          draw=not no_images and max_images > 0, image_steps=image_steps, max_images=max_images)
+    handle, tmp = (None, None)
+    if target is not None:
+        fd, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.", suffix=".tmp")
+        handle = os.fdopen(fd, "w", encoding="utf-8")
+    renderer = make_renderer(output_format, handle or sys.stdout, images_dir=folder,
+                             prefix=target.stem if target else "image", stats=stats, err=_err)
+    try:
+        if prompt is None:
+            interactive(session, renderer, list(attachments))
+        else:
+            renderer.begin_turn(prompt)
+            print_events(session.ask(prompt, attachments), renderer)
+        renderer.close()
+        if handle is not None:
+            handle.close()
+            os.replace(tmp, target)
+            click.secho(f"wrote {target}", dim=True, err=True)
+    finally:
+        if handle is not None and not handle.closed:
+            handle.close()
+        if tmp is not None and Path(tmp).exists():
+            Path(tmp).unlink()

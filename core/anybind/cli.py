@@ -290,7 +290,8 @@ def embed(inputs, model_dir, as_json):
 
 DEFAULT_WORLD = "runs/world"
 DEFAULT_BIND = "runs/bind"
-DEFAULT_CHAT = "runs/align-in"
+DEFAULT_CHAT = "runs/chat"
+DEFAULT_DECODER = "runs/decoder"
 
 
 @cli.group()
@@ -391,6 +392,78 @@ def train_align_in_command(manifest, bound, out, backbone, modalities, steps, ba
     click.echo(f"Chat model: {out}  (next: anybind eval chat --model {out} --manifest {manifest})")
 
 
+@train.command(name="align-out")
+@click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path(), help="Manifest file or world folder.")
+@click.option("--model", "model_dir", default=DEFAULT_CHAT, show_default=True, type=click.Path(file_okay=False),
+              help="Chat model directory (anybind train align-in); the image output is added to it.")
+@click.option("--decoder", default=DEFAULT_DECODER, show_default=True,
+              help="Decoder to draw with: a directory (anybind train decoder) or sd:PATH.")
+@click.option("--steps", type=int, default=300, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--tokens", type=int, default=4, show_default=True, help="Generative tokens [IMG0]..[IMG{k-1}].")
+@click.option("--retrain", is_flag=True, help="Train again even if already trained.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_align_out_command(manifest, model_dir, decoder, steps, batch_size, lr, tokens, retrain, seed):
+    """Teach the frozen LM to draw: [IMG] tokens and an output projector to the decoder's conditioning."""
+    from anybind.align_out import AlignOutSettings, train_align_out
+
+    settings = AlignOutSettings(steps=steps, batch_size=batch_size, lr=lr, tokens=tokens, seed=seed)
+    r = train_align_out(manifest, model_dir, decoder, settings, retrain=retrain)
+    if not r.get("skipped"):
+        click.echo(f"aligned image output: {r['conversations']} conversations, {r['steps']} steps in {r['seconds']:.1f}s "
+                   f"(mse {r.get('mse', float('nan')):.4f})")
+    click.echo(f"Chat model: {model_dir}  (next: anybind chat \"Draw a handwritten seven.\" --model {model_dir})")
+
+
+@train.command(name="decoder")
+@click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path(), help="Manifest file or world folder.")
+@click.option("--out", default=DEFAULT_DECODER, show_default=True, type=click.Path(file_okay=False), help="Decoder directory.")
+@click.option("--decoder", "name", help="Which installed decoder to train (default: the image decoder, sd).")
+@click.option("--steps", type=int, help="Denoiser steps (default: the plugin's own).")
+@click.option("--batch-size", type=int)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Any other setting of the decoder's trainer, e.g. --set vae_steps=100 --set unet_channels=64,128.")
+@click.option("--save-every", type=int, default=100, show_default=True)
+@click.option("--on-bad-row", type=click.Choice(["skip", "stop"]), default="skip", show_default=True)
+@click.option("--retrain", is_flag=True, help="Train again even if already trained.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_decoder_command(manifest, out, name, steps, batch_size, overrides, save_every, on_bad_row, retrain, seed):
+    """Train an image decoder (a tiny Stable Diffusion) on a manifest's images and captions."""
+    from anybind.decoders import train_decoder
+
+    options = dict(_parse_overrides(overrides))
+    options.update(steps=steps, batch_size=batch_size, save_every=save_every, on_bad_row=on_bad_row, seed=seed)
+    path = train_decoder(manifest, out, name, retrain=retrain, **options)
+    click.echo(f"Decoder: {path}  (next: anybind generate image \"a handwritten seven\" --decoder {path} -o seven.png)")
+
+
+def _parse_overrides(pairs) -> list[tuple[str, object]]:
+    out = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--set")
+        if "," in value:
+            parsed = tuple(_scalar(v) for v in value.split(",") if v)
+        else:
+            parsed = _scalar(value)
+        out.append((key.strip().replace("-", "_"), parsed))
+    return out
+
+
+def _scalar(text: str):
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 @cli.group(name="eval")
 def eval_group():
     """Evaluate trained models on held-out data."""
@@ -447,6 +520,51 @@ def eval_chat_command(model_dir, manifest, modalities, limit, as_json):
                      f"{own:.3f}" if own is not None else "-", str(r["n_test"])])
     click.echo(f"Question: {next(iter(results.values()))['question'] if results else '-'}")
     click.echo(_table(["MODALITY", "IMAGE PROJECTOR", "OWN PROJECTOR", "N"], rows))
+
+
+@eval_group.command(name="generate")
+@click.option("--model", "model_dir", default=DEFAULT_CHAT, show_default=True, type=click.Path(),
+              help="Chat model trained with align-out (skipped if it cannot draw or is missing).")
+@click.option("--decoder", default=DEFAULT_DECODER, show_default=True, help="Decoder directory or sd:PATH.")
+@click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path())
+@click.option("-n", "per_label", type=click.IntRange(2), default=10, show_default=True, help="Images per label.")
+@click.option("--steps", type=click.IntRange(1, 1000), help="Sampling steps per image (default: the decoder's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def eval_generate_command(model_dir, decoder, manifest, per_label, steps, seed, as_json):
+    """Judge generated images with a classifier trained on the real ones: the decoder from
+    captions, and the chat model asked to draw (alone, and after a sentence)."""
+    from pathlib import Path
+
+    from anybind.chat import ChatModel
+    from anybind.decoders import load_decoder
+    from anybind.evaluate import evaluate_generate
+
+    model = None
+    if (Path(model_dir) / "config.json").is_file():
+        model = ChatModel.from_pretrained(model_dir, decoder=decoder)
+        if not model.can_draw:
+            click.secho(f"{model_dir}: cannot draw (no align-out); judging the decoder alone", dim=True, err=True)
+            model = None
+    image_decoder = model.decoder if model is not None else load_decoder(decoder)
+    results = evaluate_generate(manifest, decoder=image_decoder, model=model, per_label=per_label, steps=steps, seed=seed)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    click.echo(f"Judge (SVM on real training digits) on real held-out images: {results['judge_accuracy_on_real']:.3f}")
+    rows = []
+    for key, what in (("decoder", "decoder from captions"), ("chat_draw", "chat: asked to draw")):
+        if key in results:
+            r = results[key]
+            drew = f"{r['drew']:.3f}" if "drew" in r else "-"
+            rows.append([what, f"{r['accuracy']:.3f}", drew, f"{r['diversity']:.2f}", str(r.get("asked", r["images"]))])
+    click.echo(_table(["SOURCE", "CORRECT", "DREW", "DIVERSITY", "N"], rows))
+    if "chat_write_and_draw" in results:
+        r = results["chat_write_and_draw"]
+        click.echo(f"chat: write a sentence, then draw: both present {r['both']:.3f}, both present and agreeing "
+                   f"{r['both_and_agree']:.3f} (n={r['asked']})")
+        for e in r["examples"][:2]:
+            click.echo(f"  {e['prompt']!r} -> {e['text']!r} + {e['images']} image(s)")
 
 
 @cli.command()
@@ -506,3 +624,34 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+@cli.group()
+def generate():
+    """Make outputs with a decoder directly (no LM)."""
+
+
+@generate.command(name="image")
+@click.argument("prompt")
+@click.option("-o", "--output", default="image.png", show_default=True, type=click.Path(dir_okay=False),
+              help="Image file; with -n N, N files numbered before the suffix.")
+@click.option("--decoder", "reference", default=DEFAULT_DECODER, show_default=True,
+              help="A decoder directory, or NAME:PATH (sd:/path/to/stable-diffusion).")
+@click.option("-n", "count", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--steps", type=click.IntRange(1, 1000), help="Sampling steps (default: the decoder's).")
+@click.option("--guidance", type=float, help="Classifier-free guidance scale (default: the decoder's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def generate_image_command(prompt, output, reference, count, steps, guidance, seed):
+    """Draw PROMPT with the image decoder's own text encoder, e.g. "a handwritten seven"."""
+    from pathlib import Path
+
+    from anybind.decoders import check_writable, load_decoder, save_image
+
+    target = Path(output)
+    paths = [target] if count == 1 else [target.with_name(f"{target.stem}-{i}{target.suffix}") for i in range(count)]
+    for path in paths:
+        check_writable(path)
+    decoder = load_decoder(reference)
+    images = decoder.generate([prompt] * count, steps=steps, guidance=guidance, seed=seed)
+    for image, path in zip(images, paths):
+        click.echo(save_image(image, path))

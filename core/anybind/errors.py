@@ -31,3 +31,7 @@ class InputError(AnybindError):
 
 class CheckpointError(AnybindError):
     """A model directory is missing, incomplete, or of the wrong kind."""
+
+
+class DecoderError(AnybindError):
+    """A decoder directory, or the conditioning handed to it, does not fit."""

@@ -139,3 +139,133 @@ def evaluate_chat(model, manifest: Manifest | Path | str, modalities: list[str] 
                                           for r, a in list(zip(rows, answers))[:3]])
         results[modality] = entry
     return results
+
+
+class ImageJudge:
+    """An independent classifier of a manifest's labels from pixels (RBF SVM on small grey
+    thumbnails), trained on the manifest's *real* training images and never on generated ones."""
+
+    def __init__(self, manifest: Manifest, size: int = 16):
+        from sklearn.svm import SVC
+
+        self.size = size
+        self.labels = manifest.labels
+        spec = plugins.get_modality("image")
+        train = manifest.select("train", has=("image", "label"))
+        test = manifest.select("test", has=("image", "label"))
+        if not train:
+            raise InputError(manifest.path, "no labelled training images to train the image judge on")
+        self.svm = SVC(C=10.0, gamma="scale").fit(self.features([spec.load(r["image"]) for r in train]),
+                                                  [r["label"] for r in train])
+        self.accuracy = None
+        if test:
+            predicted = self.predict([spec.load(r["image"]) for r in test])
+            self.accuracy = sum(p == r["label"] for p, r in zip(predicted, test)) / len(test)
+        self.real = {label: self.features([spec.load(r["image"]) for r in test if r["label"] == label][:20])
+                     for label in self.labels}
+
+    def features(self, images):
+        import numpy as np
+        from PIL import Image
+
+        return np.stack([np.asarray(im.convert("L").resize((self.size, self.size), Image.BILINEAR), dtype="float32")
+                         .ravel() / 255.0 for im in images])
+
+    def predict(self, images) -> list[str]:
+        return list(self.svm.predict(self.features(images))) if images else []
+
+    def diversity(self, label: str, images) -> float:
+        """Mean pairwise distance between ``images`` over that between real held-out images of ``label``."""
+        def spread(x):
+            if len(x) < 2:
+                return 0.0
+            x = torch.as_tensor(x)
+            return float(torch.cdist(x, x).sum() / (len(x) * (len(x) - 1)))
+
+        real = spread(self.real.get(label, []))
+        return spread(self.features(images)) / real if real else 0.0
+
+
+DRAW_PROMPTS = ("Draw the digit {label}.", "Can you show me a {label}?")
+WRITE_AND_DRAW_PROMPTS = ("Write a sentence about the number {label} and then draw it.",)
+
+
+def _judged(judge: ImageJudge, by_label: dict[str, list]) -> dict:
+    per_label, images_total, correct_total = {}, 0, 0
+    for label, images in by_label.items():
+        predicted = judge.predict(images)
+        correct = sum(p == label for p in predicted)
+        distinct = len({im.tobytes() for im in images})
+        per_label[label] = {"n": len(images), "correct": correct, "distinct": distinct,
+                            "diversity": round(judge.diversity(label, images), 3)}
+        images_total += len(images)
+        correct_total += correct
+    diversity = [v["diversity"] for v in per_label.values() if v["n"] > 1]
+    return {"accuracy": round(correct_total / images_total, 4) if images_total else 0.0, "images": images_total,
+            "diversity": round(sum(diversity) / len(diversity), 3) if diversity else 0.0, "per_label": per_label}
+
+
+def evaluate_generate(manifest: Manifest | Path | str, *, decoder=None, model=None, per_label: int = 10,
+                      steps: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+    """Judge generated images with :class:`ImageJudge`.
+
+    ``decoder``: captions (the world's prompt, "a handwritten {label}") straight into the
+    decoder. ``model`` (a chat model trained with align-out): requests to draw each label,
+    worded unlike the training templates, through the LM's ``[IMG]`` tokens; and requests
+    for a sentence then a drawing, counted as good when the answer has text naming the label
+    and an image the judge reads as the label. Diversity is the images' mean pairwise distance
+    relative to real held-out images of the same label (1.0 = as varied as real handwriting).
+    """
+    from tqdm.auto import tqdm
+
+    from anybind.chat import draw_batch
+
+    manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    if not manifest.labels:
+        raise InputError(manifest.path, "has no labels: generation evaluation needs a 'label' on each row")
+    judge = ImageJudge(manifest)
+    results: dict = {"judge_accuracy_on_real": round(judge.accuracy, 4) if judge.accuracy is not None else None}
+    labels = manifest.labels
+    if decoder is not None:
+        prompt = manifest.prompt or "{label}"
+        by_label = {}
+        for i, label in enumerate(tqdm(labels, desc="eval generate (decoder)", unit="label", leave=False, disable=not progress)):
+            by_label[label] = decoder.generate([prompt.format(label=label)] * per_label, steps=steps, seed=seed + i)
+        results["decoder"] = {"prompt": prompt, **_judged(judge, by_label)}
+    if model is not None and model.can_draw:
+        by_label = {label: [] for label in labels}
+        asked, drew = 0, 0
+        jobs = [(t.format(label=label), label) for t in DRAW_PROMPTS for label in labels]
+        jobs = jobs * max(1, per_label // len(DRAW_PROMPTS))
+        for start in tqdm(range(0, len(jobs), 10), desc="eval generate (chat: draw)", unit="batch", leave=False, disable=not progress):
+            chunk = jobs[start:start + 10]
+            for (text, images), (_, label) in zip(draw_batch(model, [p for p, _ in chunk], max_new_tokens=24,
+                                                             seed=seed + start, image_steps=steps), chunk):
+                asked += 1
+                drew += bool(images)
+                by_label[label] += images[:1]
+        judged = _judged(judge, {k: v for k, v in by_label.items() if v})
+        # Correct = asked for a label and got an image of it; a missing image counts as wrong.
+        correct = sum(v["correct"] for v in judged["per_label"].values())
+        results["chat_draw"] = {"prompts": list(DRAW_PROMPTS), "asked": asked, "drew": round(drew / asked, 4),
+                                **judged, "accuracy": round(correct / asked, 4)}
+        both, agree, n = 0, 0, 0
+        examples = []
+        jobs = [(t.format(label=label), label) for t in WRITE_AND_DRAW_PROMPTS for label in labels]
+        for start in tqdm(range(0, len(jobs), 10), desc="eval generate (chat: write and draw)", unit="batch", leave=False,
+                          disable=not progress):
+            chunk = jobs[start:start + 10]
+            for (text, images), (prompt_text, label) in zip(draw_batch(model, [p for p, _ in chunk], max_new_tokens=64,
+                                                                       seed=seed + 1000 + start, image_steps=steps), chunk):
+                n += 1
+                has_both = len(text.split()) >= 3 and bool(images)
+                both += has_both
+                ok = has_both and mentioned_label(text, labels, manifest.aliases) == label \
+                    and judge.predict(images[:1])[0] == label
+                agree += ok
+                if len(examples) < 3:
+                    examples.append({"prompt": prompt_text, "text": text, "images": len(images), "agree": ok})
+        results["chat_write_and_draw"] = {"prompts": list(WRITE_AND_DRAW_PROMPTS), "asked": n,
+                                          "both": round(both / n, 4), "both_and_agree": round(agree / n, 4),
+                                          "examples": examples}
+    return results

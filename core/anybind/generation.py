@@ -30,6 +30,16 @@ class NoticeEvent:
 
 
 @dataclass
+class ImageEvent:
+    """An image the model drew, in its place in the answer (``index`` counts from 0)."""
+
+    image: object  # PIL.Image.Image
+    index: int
+    type: str = "image"
+    path: str | None = None  # set once a renderer has saved it
+
+
+@dataclass
 class DoneEvent:
     """The end of one answer."""
 
@@ -70,35 +80,90 @@ def decode(
     attention_mask: torch.Tensor,
     options: SamplingOptions,
     stop_ids: list[int] = (),
-) -> Iterator[torch.Tensor]:
+    *,
+    gen=None,
+    max_images: int = 4,
+    boundaries: torch.Tensor | None = None,
+) -> Iterator:
     """Yield the next token of every row, (B,), until each row has stopped or ``max_new_tokens``.
 
     Rows are left-padded; a row that has stopped keeps yielding its stop token.
+
+    With ``gen`` (an :class:`anybind.imageout.ImageOutput`) the vocabulary gains the
+    generative tokens ``[IMG0..k-1]`` at ids ``V..V+k-1``: ``[IMG0]`` competes with the text
+    tokens, the rest are forced after it, and each yield is ``(token, hidden)`` where
+    ``hidden`` (B, H) is the final hidden state of the position whose output ``token`` is
+    (after ``[IMG_j]`` was yielded, the next ``hidden`` is ``[IMG_j]``'s state). A row that
+    is part-way through an image finishes it even past ``max_new_tokens``. ``boundaries``
+    (bool over the vocabulary) restricts ``[IMG0]`` to the first step and to steps after a
+    token marked True (a sentence end).
     """
     generator = None
     if options.seed is not None:
         generator = torch.Generator(device=inputs_embeds.device).manual_seed(options.seed)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                use_cache=True, logits_to_keep=1)
-    past = out.past_key_values
+    rows = len(attention_mask)
+    device = inputs_embeds.device
+    if gen is None:
+        out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                    use_cache=True, logits_to_keep=1)
+        logits, hidden, past = out.logits[:, -1, :], None, out.past_key_values
+    else:
+        base, head, table = model.base_model, model.get_output_embeddings(), model.get_input_embeddings()
+        k = gen.tokens
+
+        def forward(embeds, mask, positions, past):
+            out = base(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                       past_key_values=past, use_cache=True)
+            h = out.last_hidden_state[:, -1]
+            return torch.cat([head(h).float(), gen.logit(h)[:, None]], dim=-1), h, out.past_key_values
+
+        logits, hidden, past = forward(inputs_embeds, attention_mask, position_ids, None)
+        vocab = logits.shape[-1] - 1  # id of [IMG0]
+        image_index = torch.full((rows,), -1, dtype=torch.long, device=device)  # last [IMG_j] fed, -1: none
+        images = torch.zeros(rows, dtype=torch.long, device=device)
     positions = position_ids[:, -1:]
-    stop = torch.tensor(list(stop_ids), dtype=torch.long, device=inputs_embeds.device)
-    finished = torch.zeros(len(attention_mask), dtype=torch.bool, device=inputs_embeds.device)
-    ones = attention_mask.new_ones(len(attention_mask), 1)
-    for step in range(options.max_new_tokens):
-        token = sample(out.logits[:, -1, :], options, generator)
+    stop = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    ones = attention_mask.new_ones(rows, 1)
+    if boundaries is not None:
+        boundaries = boundaries.to(device)
+    previous = None  # the last token yielded, per row
+    step = 0
+    while True:
+        if gen is not None:
+            blocked = images >= max_images
+            if boundaries is not None and previous is not None:
+                blocked |= ~(boundaries[previous.clamp(max=len(boundaries) - 1)] | (previous >= vocab))
+            logits[:, vocab] = logits[:, vocab].masked_fill(blocked, float("-inf"))
+        token = sample(logits, options, generator)
+        if gen is not None:
+            forced = (image_index >= 0) & (image_index < k - 1)
+            token = torch.where(forced, vocab + image_index + 1, token)
         if len(stop):
             token = torch.where(finished, stop[0], token)
             finished |= torch.isin(token, stop)
-        yield token
-        if step + 1 == options.max_new_tokens or bool(finished.all()):
+        if gen is not None:
+            image_index = torch.where(token >= vocab, token - vocab, torch.full_like(image_index, -1))
+            images += (token == vocab).long()
+        yield token if gen is None else (token, hidden)
+        previous = token
+        step += 1
+        busy = gen is not None and bool((image_index >= 0).any())
+        if (step >= options.max_new_tokens and not busy) or bool(finished.all()):
             return
         attention_mask = torch.cat([attention_mask, ones], dim=1)
         positions = positions + 1
-        out = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=positions,
-                    past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        if gen is None:
+            out = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=positions,
+                        past_key_values=past, use_cache=True)
+            logits, past = out.logits[:, -1, :], out.past_key_values
+        else:
+            is_gen = token >= vocab
+            embeds = table(token.clamp(max=vocab - 1))
+            if bool(is_gen.any()):
+                embeds = torch.where(is_gen[:, None], gen.embed[(token - vocab).clamp(min=0)].to(embeds.dtype), embeds)
+            logits, hidden, past = forward(embeds[:, None], attention_mask, positions, past)
 
 
 class TextStream:

@@ -85,6 +85,12 @@ class Backbone:
                 ids.add(token_id)
         return sorted(ids)
 
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the LM's output layer: the id the first generative token gets."""
+        head = self.model.get_output_embeddings()
+        return int(head.out_features if head is not None else self.model.get_input_embeddings().num_embeddings)
+
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids.to(self.device))
 

@@ -330,6 +330,12 @@ def backbones() -> dict[str, BackboneSpec]:
     return {n: s for n, (s, _) in collected.backbones.items() if ("backbones", n) not in collected.conflicts}
 
 
+def decoders() -> dict[str, DecoderSpec]:
+    """Installed decoders by name (conflicting names left out)."""
+    collected = _collect()
+    return {n: s for n, (s, _) in collected.decoders.items() if ("decoders", n) not in collected.conflicts}
+
+
 def modality_owner(name: str) -> str:
     return _collect().modalities[name][1]
 

@@ -101,15 +101,19 @@ class DecoderSpec:
     Attributes:
         name: unique decoder name, e.g. ``"sd"``; ``--decoder sd:PATH`` selects a checkpoint.
         modality: what it produces, e.g. ``"image"``.
-        factory: ``(path_or_None, **options) -> decoder`` exposing
-            ``decode(cond, guidance, steps, seed)``.
-        cond_shape: ``(tokens, width)`` of the conditioning sequence it expects, if fixed.
+        factory: ``(path, device=None) -> decoder``. The decoder has ``cond_shape``
+            (``(tokens, width)`` of the conditioning sequence it reads),
+            ``encode_prompt(texts) -> (B, tokens, width)`` (its own text encoder: the target
+            the output projector learns to predict), and ``decode(cond, negative=None,
+            guidance=None, steps=None, seed=0) -> list`` of outputs (PIL images for ``image``).
+        trainer: optional ``(manifest, out, **options) -> path``: trains a decoder from a
+            manifest (``anybind train decoder``).
     """
 
     name: str
     modality: str
     factory: Factory
-    cond_shape: tuple[int, int] | None = None
+    trainer: Factory | None = None
     description: str = ""
 
 

@@ -1,0 +1,127 @@
+"""Generative tokens and the output projector: how the frozen LM asks for an image.
+
+The LM's vocabulary is extended by ``k`` tokens ``[IMG0]`` ... ``[IMG{k-1}]`` (GILL).
+They are not added to the LM's weight matrices: their input embeddings and the output
+row of ``[IMG0]`` live here, next to the output projector, so the backbone stays the
+untouched pretrained checkpoint and the trainable part is a few thousand parameters plus
+the projector. Inside anybind they have the ids ``V .. V+k-1`` (``V`` = the LM's own
+vocabulary size); only ``[IMG0]`` is ever sampled, the others are forced after it.
+
+The output projector (learned queries + a small transformer decoder reading the final
+hidden states at the ``k`` positions) maps them to the decoder's conditioning sequence:
+the ``(tokens, width)`` states its text encoder would give the image's caption.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from anybind.persistence import PretrainedMixin
+
+IMAGE_TOKEN = "[IMG{}]"
+
+
+@dataclass
+class ImageOutputConfig:
+    lm_width: int = 576  # the LM's hidden size
+    tokens: int = 4  # k generative tokens
+    cond_tokens: int = 16  # the decoder's conditioning sequence: length ...
+    cond_width: int = 384  # ... and width
+    width: int = 256  # the projector's transformer width (and the [IMG0] gate's hidden width)
+    layers: int = 2
+    heads: int = 4
+    backbone: str = ""  # the backbone reference it was trained for
+    decoder: str = ""  # the decoder it was trained against (as given at training time)
+
+
+class ImageOutput(PretrainedMixin, nn.Module):
+    """``[IMG0..k-1]`` rows plus the output projector ``(B, k, H) -> (B, T, W)``."""
+
+    Config = ImageOutputConfig
+
+    def __init__(self, config: ImageOutputConfig | None = None):
+        super().__init__()
+        self.config = c = config or ImageOutputConfig()
+        self.embed = nn.Parameter(torch.randn(c.tokens, c.lm_width) * 0.02)  # input embeddings of [IMG0..k-1]
+        # The output "row" of [IMG0]: a small MLP on the final hidden state rather than one
+        # linear row, because the frozen LM's states separate "draw now" from "keep talking"
+        # poorly along any single direction (measured: a linear row fired on most plain questions).
+        self.head = nn.Sequential(nn.Linear(c.lm_width, c.width), nn.GELU(), nn.Linear(c.width, 1))
+        # Standardisation of the [IMG] states, measured on the training conversations: what the
+        # image should show is a small part of a frozen LM's final state (a few % of its norm),
+        # and reading it relative to its spread across requests makes it the main signal.
+        self.register_buffer("center", torch.zeros(c.tokens, c.lm_width))
+        self.register_buffer("spread", torch.ones(c.tokens, c.lm_width))
+        self.inp = nn.Linear(c.lm_width, c.width)
+        self.pos = nn.Parameter(torch.randn(c.tokens, c.width) * 0.02)
+        self.queries = nn.Parameter(torch.randn(c.cond_tokens, c.width) * 0.02)
+        layer = nn.TransformerDecoderLayer(c.width, c.heads, 4 * c.width, dropout=0.0, batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerDecoder(layer, c.layers)
+        self.out = nn.Sequential(nn.LayerNorm(c.width), nn.Linear(c.width, c.cond_width))
+
+    @property
+    def tokens(self) -> int:
+        return self.config.tokens
+
+    @property
+    def cond_shape(self) -> tuple[int, int]:
+        return (self.config.cond_tokens, self.config.cond_width)
+
+    @torch.no_grad()
+    def match_embeddings(self, table: torch.Tensor, seed: int = 0) -> None:
+        """Start the ``[IMG]`` input rows as distinct samples from the LM's embedding distribution."""
+        table = table.float()
+        g = torch.Generator().manual_seed(seed)
+        noise = torch.randn(self.config.tokens, table.shape[1], generator=g)
+        self.embed.copy_(table.mean(0) + noise * table.std(0))
+
+    @torch.no_grad()
+    def set_logit_offset(self, value: float) -> None:
+        self.head[-1].bias.fill_(value)
+
+    def logit(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The ``[IMG0]`` logit for final hidden states ``(..., H)`` -> ``(...)``."""
+        return self.head(hidden.float()).squeeze(-1)
+
+    @torch.no_grad()
+    def calibrate(self, states: torch.Tensor) -> None:
+        """Set the standardisation from ``(N, k, H)`` states of training requests."""
+        self.center.copy_(states.float().mean(0))
+        self.spread.copy_(states.float().std(0).clamp(min=1e-3))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final hidden states at ``[IMG0..k-1]``, ``(B, k, H)`` -> conditioning ``(B, T, W)``."""
+        memory = self.inp((hidden.float() - self.center) / self.spread) + self.pos
+        queries = self.queries.expand(hidden.shape[0], -1, -1)
+        return self.out(self.blocks(queries, memory))
+
+
+def embed_ids(backbone, gen: ImageOutput | None, ids: torch.Tensor) -> torch.Tensor:
+    """Input embeddings of token ids where ids ``>= V`` are the generative tokens."""
+    vocab = backbone.vocab_size
+    if gen is None or not bool((ids >= vocab).any()):
+        return backbone.embed_tokens(ids)
+    ids = ids.to(backbone.device)
+    is_gen = ids >= vocab
+    embeds = backbone.embed_tokens(ids.clamp(max=vocab - 1)).clone()
+    embeds[is_gen] = gen.embed[ids[is_gen] - vocab].to(embeds.dtype)
+    return embeds
+
+
+def sentence_boundaries(tokenizer, vocab: int) -> torch.Tensor:
+    """``(vocab,)`` bool: tokens after which an image may start (they end a sentence or line).
+
+    Images go between sentences, never inside a word: the decode loop only lets ``[IMG0]``
+    compete at the answer's start and after these tokens, and align-out trains it there.
+    """
+    ends = torch.zeros(vocab, dtype=torch.bool)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(min(vocab, len(tokenizer)))))
+    for i, piece in enumerate(pieces):
+        if piece is None:
+            continue
+        text = tokenizer.convert_tokens_to_string([piece]).rstrip(" ")
+        ends[i] = text.endswith((".", "!", "?", ":", "\n"))
+    return ends

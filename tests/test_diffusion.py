@@ -1,0 +1,226 @@
+"""Images out: the Stable Diffusion decoder plugin, align-out's [IMG] tokens, interleaved chat.
+
+Everything runs for real at tiny sizes: a random SD pipeline with its own CLIP text encoder
+saved locally (a user's checkpoint), a tiny SD trained by ``anybind train decoder`` on the
+sample world, and a tiny random causal LM (``hf:PATH``).
+"""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import anybind
+from anybind.chat import ChatModel, ChatSession, ImageStates
+from anybind.conversation import encode, input_embeddings
+from anybind.decoders import load_decoder
+from anybind.generation import ImageEvent, SamplingOptions, TextEvent, decode
+from conftest import build_tiny_sd, run_cli
+
+TINY_DECODER = ["--set", "size=16", "--set", "vae_channels=8,16", "--set", "unet_channels=16,32", "--set", "head_dim=4",
+                "--set", "vae_steps=3", "--steps", "4", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "sd")
+
+
+@pytest.fixture(scope="module")
+def decoder_dir(small_world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("decoder") / "decoder"
+    run_cli("train", "decoder", "--manifest", str(small_world), "--out", str(out), *TINY_DECODER, check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def drawing_chat(small_world, small_bound, tiny_lm, decoder_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("drawing-chat") / "chat"
+    run_cli("train", "align-in", "--manifest", str(small_world), "--bound", str(small_bound), "--out", str(out),
+            "--backbone", f"hf:{tiny_lm}", "--steps", "5", "--batch-size", "4", check=True)
+    run_cli("train", "align-out", "--manifest", str(small_world), "--model", str(out), "--decoder", str(decoder_dir),
+            "--steps", "40", "--batch-size", "8", "--lr", "0.01", check=True)
+    return out
+
+
+def _always_draws(chat_dir, target):
+    """A copy of a drawing chat model whose [IMG0] always wins (to test the mechanics)."""
+    shutil.copytree(chat_dir, target)
+    config = json.loads((chat_dir / "config.json").read_text())
+    config["bound"] = os.path.relpath((chat_dir / config["bound"]).resolve(), target.resolve())
+    (target / "config.json").write_text(json.dumps(config))
+    from anybind.imageout import ImageOutput
+
+    gen = ImageOutput.from_pretrained(target / "image_output")
+    gen.config.decoder = os.path.relpath((chat_dir / gen.config.decoder).resolve(), target.resolve())
+    gen.set_logit_offset(1e4)
+    gen.save_pretrained(target / "image_output")
+    return target
+
+
+def test_a_local_sd_checkpoint_generates_through_its_own_text_encoder(tiny_sd, tmp_path):
+    out = tmp_path / "seven.png"
+    run_cli("generate", "image", "a handwritten seven", "--decoder", f"sd:{tiny_sd}", "-o", str(out), "--steps", "2",
+            check=True)
+    assert Image.open(out).size == (16, 16)
+    run_cli("generate", "image", "a seven", "--decoder", f"sd:{tiny_sd}", "-o", str(tmp_path / "s.png"), "-n", "2",
+            "--steps", "2", check=True)
+    assert sorted(p.name for p in tmp_path.glob("s-*.png")) == ["s-0.png", "s-1.png"]
+
+
+def test_decode_is_the_bare_diffusers_pipeline(tiny_sd):
+    from diffusers import StableDiffusionPipeline
+
+    decoder = load_decoder(f"sd:{tiny_sd}")
+    assert decoder.cond_shape == (12, 32)
+    cond = decoder.encode_prompt(["a handwritten seven", "a four"])
+    ours = decoder.decode(cond, steps=3, guidance=2.0, seed=1)
+    bare = StableDiffusionPipeline.from_pretrained(str(tiny_sd), safety_checker=None, requires_safety_checker=False)
+    bare.set_progress_bar_config(disable=True)
+    negative = bare.encode_prompt([""], "cpu", 1, False)[0].expand(2, -1, -1)
+    theirs = bare(prompt_embeds=cond, negative_prompt_embeds=negative, num_inference_steps=3, guidance_scale=2.0,
+                  generator=torch.Generator().manual_seed(1), height=16, width=16).images
+    for a, b in zip(ours, theirs):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(ours[0]), np.asarray(ours[1]))
+
+
+def test_train_decoder_writes_a_diffusers_directory_that_draws(decoder_dir, small_world, tmp_path):
+    index = json.loads((decoder_dir / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert {"vae", "unet", "scheduler"} <= {p.name for p in decoder_dir.iterdir()}
+    assert not list(decoder_dir.rglob("*.bin")) and not list(decoder_dir.rglob("*.pt"))
+    record = json.loads((decoder_dir / "training.json").read_text())
+    assert record["images"] > 100 and record["vae_reconstruction_mse"] > 0
+    losses = [json.loads(l) for l in (decoder_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {m["modality"] for m in losses} == {"vae", "unet"}
+    out = tmp_path / "four.png"
+    run_cli("generate", "image", "a handwritten four", "--decoder", str(decoder_dir), "-o", str(out), "--steps", "2",
+            check=True)
+    assert Image.open(out).size == (16, 16)
+    again = run_cli("train", "decoder", "--manifest", str(small_world), "--out", str(decoder_dir), *TINY_DECODER, check=True)
+    assert "already trained" in again.stdout + again.stderr
+
+
+def test_bad_decoders_and_outputs_fail_clearly(tiny_sd, small_bound, tmp_path):
+    proc = run_cli("generate", "image", "a seven", "--decoder", str(small_bound), "-o", str(tmp_path / "x.png"))
+    assert proc.returncode == 1 and "not a diffusers pipeline directory" in proc.stderr and "Traceback" not in proc.stderr
+    xl = tmp_path / "xl"
+    for part in ("unet", "vae", "scheduler"):
+        (xl / part).mkdir(parents=True)
+    (xl / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    proc = run_cli("generate", "image", "a seven", "--decoder", f"sd:{xl}", "-o", str(tmp_path / "x.png"))
+    assert proc.returncode == 1 and "StableDiffusionXLPipeline" in proc.stderr
+    proc = run_cli("generate", "image", "a seven", "--decoder", f"sd:{tmp_path / 'nothing'}", "-o", str(tmp_path / "x.png"))
+    assert proc.returncode == 1 and "not found" in proc.stderr
+    proc = run_cli("generate", "image", "a seven", "--decoder", f"sd:{tiny_sd}", "-o", str(tmp_path / "no" / "x.png"))
+    assert proc.returncode == 1 and "does not exist" in proc.stderr
+    proc = run_cli("generate", "image", "a seven", "--decoder", f"sd:{tiny_sd}", "-o", str(tmp_path / "x.gif"),
+                   "--steps", "1")
+    assert proc.returncode == 1 and "unsupported image suffix" in proc.stderr
+    assert not list(tmp_path.glob("*.png")) + list(tmp_path.glob("*.tmp")) + list(tmp_path.glob(".*tmp"))
+
+
+def test_align_out_trains_the_image_tokens(drawing_chat):
+    config = json.loads((drawing_chat / "config.json").read_text())
+    assert config["image_output"] == "image_output"
+    record = json.loads((drawing_chat / "image_output" / "training.json").read_text())
+    assert record["conversations"] > 100 and record["captions"] > 5
+    steps = [json.loads(l) for l in (drawing_chat / "metrics.jsonl").read_text().splitlines()
+             if json.loads(l).get("stage") == "align-out"]
+    assert steps[-1]["ce_img"] < steps[0]["ce_img"] - 1.0  # learns where [IMG0] belongs
+    assert steps[-1]["mse"] < steps[0]["mse"]  # and what the decoder's conditioning is
+    model = anybind.load(drawing_chat)
+    assert model.can_draw and model.image_output.cond_shape == model.decoder.cond_shape
+
+
+def test_img_states_collected_while_decoding_are_those_of_one_forward_pass(drawing_chat, tmp_path):
+    model = anybind.load(_always_draws(drawing_chat, tmp_path / "draws"))
+    backbone, gen = model.backbone, model.image_output
+    encoded = encode(backbone.tokenizer, model.conversation("Draw a seven."), model.soft_tokens)
+    embeds, mask = input_embeddings(backbone, [encoded], [None], pad_left=True)
+    tracker = ImageStates(1, gen.tokens, backbone.vocab_size)
+    done, tokens = [], []
+    for token, hidden in decode(backbone.model, embeds, mask, SamplingOptions(8), backbone.stop_ids, gen=gen, max_images=1):
+        tokens.append(int(token[0]))
+        done += tracker.push(token, hidden)
+    vocab = backbone.vocab_size
+    assert tokens[: gen.tokens] == [vocab + j for j in range(gen.tokens)]  # [IMG0] sampled, the rest forced
+    assert all(t < vocab for t in tokens[gen.tokens:])  # max_images=1: back to text after one image
+    with torch.no_grad():
+        full = torch.cat([embeds, gen.embed[None].to(embeds.dtype)], dim=1)
+        states = backbone.model.base_model(inputs_embeds=full).last_hidden_state[0, -gen.tokens:]
+    assert len(done) == 1 and torch.allclose(done[0][1], states, atol=1e-4)
+
+
+def test_images_may_start_only_at_the_answer_start_or_after_a_sentence(tiny_lm):
+    from anybind.imageout import sentence_boundaries
+    from anybind.lm import load_backbone
+
+    backbone = load_backbone(f"hf:{tiny_lm}")
+    ends = sentence_boundaries(backbone.tokenizer, backbone.vocab_size)
+    ids = backbone.tokenizer("It is the digit seven. Which digit?", add_special_tokens=False)["input_ids"]
+    marked = [backbone.tokenizer.decode([i]) for i in ids if ends[i]]
+    assert [m.strip() for m in marked] == [".", "?"] or [m.strip()[-1] for m in marked] == [".", "?"]
+
+
+def test_a_silent_img_token_leaves_text_generation_unchanged(drawing_chat):
+    model = anybind.load(drawing_chat)
+    model.image_output.set_logit_offset(-1e4)
+    backbone = model.backbone
+    encoded = encode(backbone.tokenizer, model.conversation("Which digit is this?"), model.soft_tokens)
+    embeds, mask = input_embeddings(backbone, [encoded], [None], pad_left=True)
+    plain = [int(t[0]) for t in decode(backbone.model, embeds, mask, SamplingOptions(10), backbone.stop_ids)]
+    with_gen = [int(t[0]) for t, _ in decode(backbone.model, embeds, mask, SamplingOptions(10), backbone.stop_ids,
+                                             gen=model.image_output)]
+    assert plain == with_gen
+
+
+def test_chat_interleaves_images_in_every_format(drawing_chat, tmp_path):
+    chat_dir = _always_draws(drawing_chat, tmp_path / "draws")
+    model = ChatModel.from_pretrained(chat_dir)
+    events = list(model.generate("Draw a seven.", max_new_tokens=6, max_images=1))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "image" and kinds[-1] == "done" and events[-1].usage["images"] == 1
+    assert isinstance(events[0], ImageEvent) and events[0].image.size == (16, 16)
+    assert all(isinstance(e, TextEvent) for e in events[1:-1])
+    session = ChatSession(model, SamplingOptions(6), max_images=1)
+    list(session.ask("Draw a seven."))
+    drawn = session.turns[-1].attachments  # later turns see the drawn image, like a user's
+    assert session.turns[-1].role == "assistant" and [a.modality for a in drawn] == ["image"]
+
+    page = tmp_path / "answer.html"
+    run_cli("chat", "Draw a seven.", "--model", str(chat_dir), "--format", "html", "-o", str(page), "--max-tokens", "6",
+            check=True)
+    html = page.read_text()
+    assert html.startswith("<!doctype html>") and html.rstrip().endswith("</html>")
+    assert html.count("src=\"data:image/png;base64,") >= 1 and "src=\"http" not in html
+    assert not list(tmp_path.glob("answer-*.png"))  # self-contained: no image files
+
+    proc = run_cli("chat", "Draw a seven.", "--model", str(chat_dir), "--format", "markdown", "--images-dir", str(tmp_path),
+                   "--max-tokens", "6", check=True)
+    assert "![image 1](" in proc.stdout and (tmp_path / "image-1.png").is_file()
+
+    proc = run_cli("chat", "Draw a seven.", "--model", str(chat_dir), "--format", "jsonl", "--images-dir", str(tmp_path),
+                   "--max-tokens", "6", check=True)
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    image = next(e for e in events if e["type"] == "image")
+    assert Image.open(image["path"]).size == (16, 16) and events[-1]["type"] == "done"
+
+    proc = run_cli("chat", "Draw a seven.", "--model", str(chat_dir), "--max-tokens", "6", "--images-dir", str(tmp_path),
+                   check=True)
+    assert "[image: " in proc.stdout
+
+
+def test_mismatched_decoder_and_unwritable_output_fail_before_writing(drawing_chat, tiny_sd, tmp_path):
+    page = tmp_path / "answer.html"
+    proc = run_cli("chat", "Draw a seven.", "--model", str(drawing_chat), "--decoder", f"sd:{tiny_sd}",
+                   "--format", "html", "-o", str(page))
+    assert proc.returncode == 1 and "expects 12x32" in proc.stderr and "Traceback" not in proc.stderr
+    assert not page.exists() and not list(tmp_path.iterdir())
+    proc = run_cli("chat", "Draw a seven.", "--model", str(drawing_chat), "-o", str(tmp_path / "missing" / "a.md"))
+    assert proc.returncode == 1 and "does not exist" in proc.stderr
