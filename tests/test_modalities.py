@@ -204,6 +204,20 @@ def test_point_cloud_augment_jitters_and_drops_groups():
     assert encoder(**batch).tokens.shape == (2, c.groups, c.width)  # embedding (no augment) keeps every group
 
 
+def test_point_cloud_view_tokens_see_the_projected_outline():
+    encoder = PointCloudEncoder(PointCloudEncoderConfig(view=8, jitter=0.0, token_drop=0.0))
+    # Points in the top-left corner of the plane land in the top-left cells (y up, as drawn).
+    grid = encoder.project(torch.tensor([[[-0.9, 0.9, 0.0], [-0.9, 0.9, 0.3], [0.9, -0.9, 0.0]]]))
+    assert grid.shape == (1, 1, 8, 8)
+    assert grid[0, 0, 0, 0] == 1.0 and grid[0, 0, 7, 7] == 0.5 and grid.sum() == 1.5  # depth is ignored
+    c = encoder.config
+    batch = encoder.collate([encoder.preprocess(_cloud())] * 2)
+    tokens = encoder(**batch).tokens
+    assert tokens.shape == (2, c.groups + (8 // 8) ** 2, c.width)  # three 2x pools: one view token
+    # The spec turns view tokens on for new towers; configs saved without the key load without them.
+    assert plugins.get_modality("pointcloud").config["view"] == 16 and PointCloudEncoderConfig().view == 0
+
+
 def test_farthest_point_sampling_spreads_out():
     points = torch.cat([torch.zeros(100, 3), torch.tensor([[10.0, 0, 0], [-10.0, 0, 0]])])
     chosen = farthest_point_sample(points, 3)

@@ -14,6 +14,7 @@ def register_modalities(register):
             loader="anybind_pointcloud.io:load_points",
             encoder="anybind_pointcloud.encoder:PointCloudEncoder",
             world="anybind_pointcloud.world:build",
+            config={"view": 16},  # group tokens + a 16x16 projected view (see encoder.py)
             train={"steps": 450, "batch_size": 64, "lr": 2e-3},
         )
     )

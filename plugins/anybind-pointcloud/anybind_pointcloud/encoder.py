@@ -1,4 +1,10 @@
-"""Point-BERT-style tokens: normalise -> farthest-point centres -> kNN groups -> mini-PointNet -> transformer."""
+"""Point-BERT-style tokens: normalise -> farthest-point centres -> kNN groups -> mini-PointNet -> transformer.
+
+Beside the group tokens the transformer reads a few *view tokens*: the same grouped points
+splatted onto a grid in the cloud's levelled plane and read by a small CNN (a projected
+view, as PointCLIP / SimpleView use). Local groups see fine shape; the view sees the whole
+outline at once, which 16 group tokens learn only slowly. ``view=0`` turns it off.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch import nn
 
 from anybind.modality import EncoderOutput, ModalityEncoder
@@ -54,6 +61,10 @@ class PointCloudEncoderConfig:
     final_norm: bool = True  # LayerNorm on the transformer's output tokens
     jitter: float = 0.1  # training only: Gaussian noise on the (scaled) neighbour offsets
     token_drop: float = 0.25  # training only: this fraction of each cloud's groups is dropped
+    # Side of the projected view grid; 0: no view tokens. The plugin turns it on (16) for new
+    # towers; 0 here keeps towers saved before view tokens existed loading as they were.
+    view: int = 0
+    view_channels: tuple = (16, 32)  # the view CNN's stages before the last (which has `width`)
 
 
 class PointCloudEncoder(ModalityEncoder):
@@ -72,6 +83,14 @@ class PointCloudEncoder(ModalityEncoder):
                                            batch_first=True, norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, self.config.depth, enable_nested_tensor=False)
         self.final = nn.LayerNorm(w) if c.final_norm else nn.Identity()
+        if c.view:
+            layers, c_in = [], 1
+            for c_out in (*c.view_channels, w):
+                layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(1, c_out), nn.GELU(), nn.MaxPool2d(2)]
+                c_in = c_out
+            self.view_cnn = nn.Sequential(*layers)
+            side = c.view >> len(layers) // 4
+            self.view_pos = nn.Parameter(torch.randn(side * side, w) * 0.02)
 
     def preprocess(self, raw: np.ndarray) -> dict[str, torch.Tensor]:
         c = self.config
@@ -110,12 +129,27 @@ class PointCloudEncoder(ModalityEncoder):
             out["centres"] = torch.gather(out["centres"], 1, idx[:, :, None].expand(-1, -1, 3))
         return out
 
+    def project(self, points: torch.Tensor) -> torch.Tensor:
+        """Splat ``(B, P, 3)`` unit-sphere points onto a ``view x view`` grid of the x-y plane
+        (the levelled cloud's plane): ``(B, 1, view, view)``, each cloud's occupancy in [0, 1]."""
+        b, side = points.shape[0], self.config.view
+        cells = ((points[..., :2].clamp(-1, 1 - 1e-6) + 1) / 2 * side).long()  # (B, P, 2)
+        index = (side - 1 - cells[..., 1]) * side + cells[..., 0]  # y up, as the cloud was drawn
+        grid = torch.zeros(b, side * side, device=points.device).scatter_add_(1, index, torch.ones_like(index, dtype=torch.float))
+        grid = grid / grid.amax(1, keepdim=True).clamp(min=1)
+        return grid.view(b, 1, side, side)
+
     def forward(self, neighbours: torch.Tensor, centres: torch.Tensor) -> EncoderOutput:
-        if self.config.absolute:
-            neighbours = torch.cat([neighbours, neighbours / self.config.neighbour_scale + centres[:, :, None, :]], dim=-1)
+        c = self.config
+        points = neighbours / c.neighbour_scale + centres[:, :, None, :]  # (B, G, K, 3) absolute positions
+        if c.absolute:
+            neighbours = torch.cat([neighbours, points], dim=-1)
         per_point = self.point_mlp(neighbours)  # (B, G, K, W)
         pooled = per_point.max(dim=2).values  # (B, G, W)
         per_point = torch.cat([per_point, pooled[:, :, None].expand_as(per_point)], dim=-1)
-        groups = self.group_mlp(per_point).max(dim=2).values  # (B, G, W)
-        tokens = self.final(self.transformer(groups + self.centre_embed(centres)))  # (B, G, W)
+        tokens = self.group_mlp(per_point).max(dim=2).values + self.centre_embed(centres)  # (B, G, W)
+        if c.view:
+            view = rearrange(self.view_cnn(self.project(points.flatten(1, 2))), "b w h x -> b (h x) w")  # (B, V, W)
+            tokens = torch.cat([tokens, view + self.view_pos], dim=1)
+        tokens = self.final(self.transformer(tokens))  # (B, G[+V], W)
         return EncoderOutput(tokens=tokens)
