@@ -263,6 +263,33 @@ def uninstall(names):
     click.echo(f"Uninstalled: {', '.join(packages)}")
 
 
+@cli.command(name="new-plugin")
+@click.argument("name")
+@click.option("--modality", help="The modality it adds: manifest column and name (default: NAME).")
+@click.option("--suffix", help="File suffix it reads (default: .MODALITY).")
+@click.option("--dir", "parent", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Folder to create anybind-NAME in.")
+def new_plugin_command(name, modality, suffix, parent):
+    """Create a ready plugin distribution anybind-NAME for a new modality.
+
+    \b
+    anybind new-plugin strokes --modality strokes
+    anybind install -e anybind-strokes && python -m pytest anybind-strokes
+    """
+    from anybind.newplugin import new_plugin, plugin_names
+
+    written = new_plugin(name, modality, parent, suffix)
+    names = plugin_names(name, modality)
+    root, kind = os.path.join(parent, names["dist"]), names["kind"]
+    for path in written:
+        click.echo(f"  {path}")
+    click.echo(f"Created {root}. Next:\n"
+               f"  anybind install -e {root}\n"
+               f"  python -m pytest {root}\n"
+               f"  anybind world build runs/world --modality image --modality {kind}\n"
+               f"  anybind train bind --manifest runs/world --out runs/bind --modality {kind}")
+
+
 # -- embedding -------------------------------------------------------------------------
 
 
