@@ -19,33 +19,7 @@ from anybind.chat import ChatModel, ChatSession, ImageStates
 from anybind.conversation import encode, input_embeddings
 from anybind.decoders import load_decoder
 from anybind.generation import ImageEvent, SamplingOptions, TextEvent, decode
-from conftest import build_tiny_sd, run_cli
-
-TINY_DECODER = ["--set", "size=16", "--set", "vae_channels=8,16", "--set", "unet_channels=16,32", "--set", "head_dim=4",
-                "--set", "vae_steps=3", "--steps", "4", "--batch-size", "8"]
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "sd")
-
-
-@pytest.fixture(scope="module")
-def decoder_dir(small_world, tmp_path_factory):
-    out = tmp_path_factory.mktemp("decoder") / "decoder"
-    run_cli("train", "decoder", "--manifest", str(small_world), "--out", str(out), *TINY_DECODER, check=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def drawing_chat(small_world, small_bound, tiny_lm, decoder_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("drawing-chat") / "chat"
-    run_cli("train", "align-in", "--manifest", str(small_world), "--bound", str(small_bound), "--out", str(out),
-            "--backbone", f"hf:{tiny_lm}", "--steps", "5", "--batch-size", "4", check=True)
-    run_cli("train", "align-out", "--manifest", str(small_world), "--model", str(out), "--decoder", str(decoder_dir),
-            "--steps", "40", "--batch-size", "8", "--lr", "0.01", check=True)
-    return out
-
+from conftest import TINY_DECODER, run_cli
 
 def _always_draws(chat_dir, target):
     """A copy of a drawing chat model whose [IMG0] always wins (to test the mechanics)."""
