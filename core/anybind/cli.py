@@ -276,18 +276,22 @@ def new_plugin_command(name, modality, suffix, parent):
     anybind new-plugin strokes --modality strokes
     anybind install -e anybind-strokes && python -m pytest anybind-strokes
     """
+    from pathlib import Path
+
     from anybind.newplugin import new_plugin, plugin_names
 
     written = new_plugin(name, modality, parent, suffix)
     names = plugin_names(name, modality)
-    root, kind = os.path.join(parent, names["dist"]), names["kind"]
+    root, kind = Path(parent) / names["dist"], names["kind"]
     for path in written:
         click.echo(f"  {path}")
-    click.echo(f"Created {root}. Next:\n"
+    # A world of its own: `world build` writes a fresh manifest, so building into an existing
+    # world would drop that world's other modalities.
+    click.echo(f"Created {root}. Next (the tutorial: docs/plugins.md in the anybind repository):\n"
                f"  anybind install -e {root}\n"
                f"  python -m pytest {root}\n"
-               f"  anybind world build runs/world --modality image --modality {kind}\n"
-               f"  anybind train bind --manifest runs/world --out runs/bind --modality {kind}")
+               f"  anybind world build runs/{kind} --modality image --modality {kind}\n"
+               f"  anybind train bind --manifest runs/{kind} --out runs/quickstart/bind --modality {kind}")
 
 
 # -- embedding -------------------------------------------------------------------------

@@ -17,14 +17,18 @@ A minimal plugin module::
         register(ModalitySpec(
             name="strokes",
             suffixes=(".strokes",),
-            loader="anybind_strokes.model:load_strokes",
-            encoder="anybind_strokes.model:StrokeEncoder",
+            loader="anybind_strokes.trace:load_strokes",
+            encoder="anybind_strokes.encoder:StrokeEncoder",
         ))
 
 and in its ``pyproject.toml``::
 
     [project.entry-points.anybind]
     strokes = "anybind_strokes"
+
+``anybind new-plugin NAME --modality KIND`` writes such a distribution, ready to install;
+``docs/hooks.md`` describes every hook and spec field with an example, and
+``demos/third_party/anybind-strokes`` is a complete one.
 """
 
 from __future__ import annotations
