@@ -34,7 +34,8 @@ def _hashes(*roots: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def strokes_installed():
-    assert "anybind-strokes" not in _plugin_names(), "anybind-strokes is already installed; uninstall it first"
+    assert "anybind-strokes" not in _plugin_names(), \
+        "anybind-strokes is installed already (from docs/plugins.md?): run `anybind uninstall anybind-strokes` first"
     proc = run_cli("install", "-e", str(STROKES))
     try:
         assert proc.returncode == 0, proc.stderr[-3000:]
