@@ -168,6 +168,8 @@ class ImageJudge:
         import numpy as np
         from PIL import Image
 
+        if not images:  # e.g. a label with no held-out image in a small world
+            return np.zeros((0, self.size * self.size), dtype="float32")
         return np.stack([np.asarray(im.convert("L").resize((self.size, self.size), Image.BILINEAR), dtype="float32")
                          .ravel() / 255.0 for im in images])
 
