@@ -12,21 +12,12 @@ PYTEST_ARGS ?=
 
 .PHONY: quickstart test setup clean-venv
 
+# The time make started, before any set-up: the quickstart reports its first answer from here.
+STARTED := $(shell date +%s)
+
 quickstart: $(STAMP)
 	$(BIN)/anybind plugins
-	$(BIN)/anybind embed "a handwritten seven"
-	@test -f runs/world/manifest.jsonl || $(BIN)/anybind world build runs/world
-	$(BIN)/anybind train bind --manifest runs/world --out runs/bind
-	$(BIN)/anybind eval bind --model runs/bind --manifest runs/world
-	$(BIN)/anybind train decoder --manifest runs/world --out runs/decoder
-	$(BIN)/anybind train align-in --manifest runs/world --bound runs/bind --out runs/chat
-	$(BIN)/anybind train align-out --manifest runs/world --model runs/chat --decoder runs/decoder
-	$(BIN)/anybind eval chat --model runs/chat --manifest runs/world
-	$(BIN)/anybind eval generate --model runs/chat --decoder runs/decoder --manifest runs/world
-	$(BIN)/anybind chat "Which digit is spoken here?" --model runs/chat \
-		--attach "$$($(BIN)/anybind world sample runs/world --modality audio --label seven)"
-	$(BIN)/anybind chat "Write one sentence about the number four, then draw it." --model runs/chat \
-		--format html -o runs/four.html
+	$(BIN)/anybind quickstart --out runs/quickstart --started-at $(STARTED)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

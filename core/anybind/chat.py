@@ -10,7 +10,7 @@ A *chat model directory* (written by ``anybind train align-in``)::
 into the shared space; the projector trained on ``image`` serves every modality that has
 no projector of its own (emergent any-to-text).
 
-    model = anybind.load("runs/chat")
+    model = anybind.load("runs/quickstart/chat")
     for event in model.generate("What digit is spoken here?", attachments=["seven.wav"]):
         if event.type == "text":
             print(event.text, end="", flush=True)
@@ -82,20 +82,31 @@ class ChatModel:
         self.soft_tokens = next(iter(projectors.values())).config.tokens if projectors else 4
 
     @classmethod
-    def from_pretrained(cls, path: Path | str, backbone: Backbone | None = None, decoder: str | None = None) -> "ChatModel":
-        """Load a chat model directory; ``decoder`` overrides the image decoder it was trained with."""
+    def from_pretrained(cls, path: Path | str, backbone: Backbone | None = None, decoder: str | None = None,
+                        instruct: bool = True) -> "ChatModel":
+        """Load a chat model directory; ``decoder`` overrides the image decoder it was trained with.
+
+        If the instruct stage ran, its LoRA adapter is merged into the backbone (a ``backbone``
+        passed in is changed in place) and its projectors and image output are used;
+        ``instruct=False`` loads what align-in and align-out trained instead."""
         path = Path(path)
         config = read_chat_config(path)
         bound_dir = (path / config["bound"]).resolve()
         if not (bound_dir / CONFIG_NAME).is_file():
             raise CheckpointError(f"{path}/config.json: its bound model {bound_dir} is missing (moved or deleted?)")
-        projectors = {name: InputProjector.from_pretrained(path / "projectors" / name) for name in config.get("projectors", [])}
+        tuned = path / config["instruct"] if instruct and config.get("instruct") else None
+        weights = tuned or path  # where the projectors and image output come from
+        projectors = {name: InputProjector.from_pretrained(weights / "projectors" / name) for name in config.get("projectors", [])}
         if not projectors:
             raise CheckpointError(f"{path}: has no trained projector; run anybind train align-in --out {path}")
         backbone = backbone or load_backbone(config["backbone"])
+        if tuned is not None:
+            from anybind.instruct import apply_adapter
+
+            apply_adapter(backbone, tuned / "adapter")
         image_output = None
         if config.get("image_output"):
-            image_output = ImageOutput.from_pretrained(path / config["image_output"])
+            image_output = ImageOutput.from_pretrained(weights / "image_output" if tuned else path / config["image_output"])
             projectors = {**projectors, "[IMG]": image_output}  # checked for width below, removed after
         for name, projector in projectors.items():
             if projector.config.lm_width != backbone.hidden_size:
@@ -162,15 +173,17 @@ class ChatModel:
             name = next(iter(self.projectors))
         return self.projectors[name]
 
-    @torch.no_grad()
-    def soft_tokens_for(self, encoded: Encoded, projector: str | None = None) -> torch.Tensor | None:
+    def soft_tokens_for(self, encoded: Encoded, projector: str | None = None, grad: bool = False) -> torch.Tensor | None:
+        """The soft tokens of every attachment in ``encoded``, ``(attachments, k, H)``; ``grad``
+        keeps the projectors' graph (training)."""
         if not encoded.slots:
             return None
-        out = []
-        for _, attachment in encoded.slots:
-            proj = self.projector_for(attachment.modality, projector)
-            out.append(proj(attachment.embedding.to(self.backbone.device)[None])[0])
-        return torch.stack(out)  # (attachments, k, H)
+        with torch.set_grad_enabled(grad):
+            out = []
+            for _, attachment in encoded.slots:
+                proj = self.projector_for(attachment.modality, projector)
+                out.append(proj(attachment.embedding.to(self.backbone.device)[None])[0])
+            return torch.stack(out)
 
     # --- images out ---------------------------------------------------------------------------
 
@@ -187,6 +200,17 @@ class ChatModel:
             self._boundaries = sentence_boundaries(self.backbone.tokenizer, self.backbone.vocab_size)
         return self._boundaries
 
+    def decoder_reference(self) -> str:
+        """The decoder to draw with: the one given at load time, else the one align-out trained against."""
+        if self.image_output is None:
+            raise CheckpointError(f"{self.path}: this chat model cannot draw; train it with: anybind train align-out")
+        reference = self._decoder_reference or self.image_output.config.decoder
+        name, sep, rest = reference.partition(":")
+        if not (sep and len(name) > 1) and self.path is not None and not Path(reference).is_absolute():
+            if self._decoder_reference is None:  # stored relative to the chat model directory
+                reference = str((self.path / reference).resolve())
+        return reference
+
     @property
     def decoder(self):
         """The image decoder (loaded on first use)."""
@@ -194,13 +218,7 @@ class ChatModel:
             from anybind.align_out import check_compatible
             from anybind.decoders import load_decoder
 
-            if self.image_output is None:
-                raise CheckpointError(f"{self.path}: this chat model cannot draw; train it with: anybind train align-out")
-            reference = self._decoder_reference or self.image_output.config.decoder
-            name, sep, rest = reference.partition(":")
-            if not (sep and len(name) > 1) and self.path is not None and not Path(reference).is_absolute():
-                if self._decoder_reference is None:  # stored relative to the chat model directory
-                    reference = str((self.path / reference).resolve())
+            reference = self.decoder_reference()
             decoder = load_decoder(reference, device=self.backbone.device)
             check_compatible(self.image_output, decoder, reference)
             self._decoder = decoder
@@ -366,16 +384,14 @@ class ChatSession:
     def ask(self, prompt: str, attachments: Sequence = ()) -> Iterator:
         began = time.time()
         turns = self.model.conversation(prompt, attachments, self.turns)
-        answer = None
         drawn = []
         for event in self.model.respond(turns, self.options, projector=self.projector, began=began, draw=self.draw,
                                         image_steps=self.image_steps, max_images=self.max_images):
-            if isinstance(event, DoneEvent):
-                answer = event.text
+            if isinstance(event, DoneEvent):  # kept before it is yielded: a caller may stop reading at "done"
+                self.turns = turns + [Turn("assistant", event.text, self._seen(drawn))]
             elif isinstance(event, ImageEvent):
                 drawn.append(event)
             yield event
-        self.turns = turns + [Turn("assistant", answer or "", self._seen(drawn))]
 
     def _seen(self, drawn: list[ImageEvent]) -> list[Attachment]:
         """The images of an answer, embedded like user images, so later turns can refer to them."""

@@ -99,7 +99,7 @@ def _structured():
 @click.argument("prompt", required=False)
 @click.option("-a", "--attach", "attachments", multiple=True, metavar="FILE",
               help="A file of any installed modality to ask about (repeatable, mixed modalities).")
-@click.option("--model", "model_dir", default="runs/chat", show_default=True, type=click.Path(),
+@click.option("--model", "model_dir", default="runs/quickstart/chat", show_default=True, type=click.Path(),
               help="Chat model directory (anybind train align-in / align-out).")
 @click.option("--max-tokens", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="0 decodes greedily.")

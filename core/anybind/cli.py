@@ -319,10 +319,11 @@ def embed(inputs, model_dir, as_json):
 
 # -- sample world, training, evaluation, retrieval -----------------------------------------
 
-DEFAULT_WORLD = "runs/world"
-DEFAULT_BIND = "runs/bind"
-DEFAULT_CHAT = "runs/chat"
-DEFAULT_DECODER = "runs/decoder"
+# Where `anybind quickstart` writes, so that every command works on its output as is.
+DEFAULT_WORLD = "runs/quickstart/world"
+DEFAULT_BIND = "runs/quickstart/bind"
+DEFAULT_CHAT = "runs/quickstart/chat"
+DEFAULT_DECODER = "runs/quickstart/decoder"
 
 
 @cli.group()
@@ -445,6 +446,31 @@ def train_align_out_command(manifest, model_dir, decoder, steps, batch_size, lr,
         click.echo(f"aligned image output: {r['conversations']} conversations, {r['steps']} steps in {r['seconds']:.1f}s "
                    f"(mse {r.get('mse', float('nan')):.4f})")
     click.echo(f"Chat model: {model_dir}  (next: anybind chat \"Draw a handwritten seven.\" --model {model_dir})")
+
+
+@train.command(name="instruct")
+@click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path(), help="Manifest file or world folder.")
+@click.option("--model", "model_dir", default=DEFAULT_CHAT, show_default=True, type=click.Path(file_okay=False),
+              help="Chat model directory (after align-in, and align-out if it should draw).")
+@click.option("--steps", type=int, default=60, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--rank", type=int, default=8, show_default=True, help="LoRA rank.")
+@click.option("--layers", type=int, default=8, show_default=True, help="Adapters on the LM's last N layers (0: all).")
+@click.option("--conversations", type=int, default=480, show_default=True, help="Templated conversations to train on.")
+@click.option("--retrain", is_flag=True, help="Train again even if already trained.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_instruct_command(manifest, model_dir, steps, batch_size, lr, rank, layers, conversations, retrain, seed):
+    """LoRA on the LM, with the projectors, over multi-turn conversations in every modality."""
+    from anybind.instruct import InstructSettings, train_instruct
+
+    settings = InstructSettings(steps=steps, batch_size=batch_size, lr=lr, rank=rank, layers=layers,
+                                conversations=conversations, seed=seed)
+    r = train_instruct(manifest, model_dir, settings, retrain=retrain)
+    if not r.get("skipped"):
+        click.echo(f"instruct: {r['conversations']} conversations, {r['steps']} steps in {r['seconds']:.1f}s "
+                   f"({r['trainable_parameters']:,} trainable parameters)")
+    click.echo(f"Chat model: {model_dir}  (next: anybind chat \"Draw a seven, then tell me what comes after it.\" --model {model_dir})")
 
 
 @train.command(name="decoder")
@@ -641,6 +667,49 @@ def retrieve(query, corpus, model_dir, top_k, modalities, as_json):
             click.echo(json.dumps({"path": path, "modality": modality, "score": round(score, 5)}))
         else:
             click.echo(f"{score:+.3f}  {modality:<10}  {path}")
+
+
+@cli.command()
+@click.option("--out", default="runs/quickstart", show_default=True, type=click.Path(file_okay=False),
+              help="Where every stage writes (world/, bind/, decoder/, chat/, demo.html, metrics.json).")
+@click.option("--backbone", default="smollm2", show_default=True, help="A backbone name (anybind plugins) or hf:PATH.")
+@click.option("--started-at", type=float, hidden=True, help="Unix time the run began (make passes the time before set-up).")
+def quickstart(out, backbone, started_at):
+    """Every stage on the sample world, then an interleaved demo and the held-out evaluation.
+
+    world, bind, decoder, align-in, align-out, instruct, demo, eval: stages already complete
+    are skipped and an interrupted one resumes, so running it again continues where it stopped."""
+    from pathlib import Path
+
+    from anybind.quickstart import Quickstart
+
+    record = Quickstart(Path(out), backbone=backbone, started_at=started_at).run()
+    click.echo("")
+    click.echo(_quickstart_summary(record))
+    click.echo(f"Metrics: {Path(out) / 'metrics.json'}   Demo: {Path(out) / 'demo.html'}")
+
+
+def _quickstart_summary(record: dict) -> str:
+    from anybind.quickstart import STAGES, TARGETS
+
+    stages = record.get("stages", {})
+    stage_rows = [[name, f"{s['seconds']:.0f}s" if s.get("seconds") is not None else "-",
+                   "ran" if s.get("ran") else "skipped", s.get("note", "")]
+                  for name, s in ((n, stages[n]) for n in STAGES if n in stages)]
+    lines = [_table(["STAGE", "TIME", "", "NOTE"], stage_rows), ""]
+    metric_rows = [[name, f"{value:.3f}", f">= {TARGETS[name]:.2f}", "ok" if value >= TARGETS[name] else "BELOW"]
+                   for name, value in record.get("summary", {}).items()]
+    if metric_rows:
+        lines += [_table(["METRIC (held-out)", "VALUE", "TARGET", ""], metric_rows), ""]
+    ev = record.get("eval") or {}
+    if ev.get("bind"):
+        lines.append("zero-shot →text: " + ", ".join(f"{m} {r['zero_shot_top1']:.3f}" for m, r in sorted(ev["bind"].items())))
+    if ev.get("chat"):
+        lines.append("chat: " + ", ".join(f"{m} {r['image_projector']:.3f}" for m, r in sorted(ev["chat"].items())))
+    if "first_interleaved_answer_seconds" in record:
+        s = record["first_interleaved_answer_seconds"]
+        lines.append(f"first interleaved answer after {int(s // 60)}m{int(s % 60):02d}s; whole run {record['seconds'] / 60:.1f} min")
+    return "\n".join(lines)
 
 
 from anybind.chat_cli import chat  # noqa: E402 - a command of its own module, registered here

@@ -1,0 +1,217 @@
+"""``anybind quickstart``: every stage on the sample world, then an interleaved demo.
+
+    world → bind → decoder → align-in → align-out → instruct → demo → eval
+
+Everything goes under one folder (default ``runs/quickstart``)::
+
+    world/  bind/  decoder/  chat/         what each stage writes (see its command)
+    demo.html                              the demo conversation, images inline
+    demo-<n>.png                           the demo's images as files
+    metrics.json                           each stage's time, and every held-out metric
+
+A stage already complete is skipped, and an interrupted stage resumes from its last
+mid-stage checkpoint, so running the quickstart again continues where it stopped. The demo
+runs before the evaluation so the first interleaved answer comes as early as possible.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from anybind.persistence import write_json_atomic, write_text_atomic
+
+STAGES = ("world", "bind", "decoder", "align-in", "align-out", "instruct", "demo", "eval")
+
+#: The demo conversation: a spoken digit, a follow-up that draws it, then text and an image.
+DEMO = (
+    ("Which digit is spoken here?", "audio"),
+    ("Now draw it.", None),
+    ("Write one sentence about the number four, then draw it.", None),
+)
+
+#: The targets the issues set, checked in the summary: (metric path, at least).
+TARGETS = {
+    "bind zero-shot (emergent)": 0.90,
+    "bind zero-shot (image)": 0.95,
+    "chat (every modality)": 0.90,
+    "generated digits correct": 0.90,
+    "write-then-draw both and agree": 0.90,
+}
+
+
+@dataclass
+class Quickstart:
+    out: Path
+    backbone: str = "smollm2"  # any backbone reference, e.g. hf:/path/to/causal-lm
+    started_at: float | None = None  # wall-clock start (e.g. before installation, from make)
+    progress: bool = True
+    record: dict = field(default_factory=dict)
+
+    @property
+    def world(self) -> Path:
+        return self.out / "world"
+
+    @property
+    def bind(self) -> Path:
+        return self.out / "bind"
+
+    @property
+    def decoder(self) -> Path:
+        return self.out / "decoder"
+
+    @property
+    def chat(self) -> Path:
+        return self.out / "chat"
+
+    # --- stages: each returns (ran, note) -------------------------------------------------------
+
+    def stage_world(self):
+        from anybind.world import build_world
+
+        if (self.world / "manifest.jsonl").is_file():
+            return False, "already built"
+        build_world(self.world)
+        return True, ""
+
+    def stage_bind(self):
+        from anybind.bind import BindSettings, train_bind
+
+        results = train_bind(self.world, self.bind, settings=BindSettings(progress=self.progress))
+        return bool(results), ", ".join(f"{r['modality']} {r['seconds']:.0f}s" for r in results) or "already trained"
+
+    def stage_decoder(self):
+        from anybind.decoders import train_decoder
+
+        fresh = not (self.decoder / "anybind.json").is_file()
+        train_decoder(self.world, self.decoder)
+        return fresh, "" if fresh else "already trained"
+
+    def stage_align_in(self):
+        from anybind.align import AlignSettings, train_align_in
+
+        r = train_align_in(self.world, self.bind, self.chat, backbone=self.backbone,
+                           settings=AlignSettings(progress=self.progress))
+        return not r.get("skipped"), "already trained" if r.get("skipped") else f"{r['steps']} steps"
+
+    def stage_align_out(self):
+        from anybind.align_out import AlignOutSettings, train_align_out
+
+        r = train_align_out(self.world, self.chat, str(self.decoder), AlignOutSettings(progress=self.progress))
+        return not r.get("skipped"), "already trained" if r.get("skipped") else f"mse {r.get('mse', float('nan')):.3f}"
+
+    def stage_instruct(self):
+        from anybind.instruct import InstructSettings, train_instruct
+
+        r = train_instruct(self.world, self.chat, InstructSettings(progress=self.progress))
+        return not r.get("skipped"), "already trained" if r.get("skipped") else f"ce {r.get('ce', float('nan')):.3f}"
+
+    def stage_demo(self):
+        """The demo conversation, streamed to the terminal and written to ``demo.html``."""
+        import io
+
+        import anybind
+        from anybind.chat import ChatSession
+        from anybind.generation import SamplingOptions
+        from anybind.render import HtmlRenderer, TerminalRenderer
+        from anybind.world import read_manifest
+
+        manifest = read_manifest(self.world)
+        model = anybind.load(self.chat)
+        session = ChatSession(model, SamplingOptions(max_new_tokens=96))  # short answers: one sentence, a drawing
+        page = io.StringIO()
+        html = HtmlRenderer(page)
+        import sys
+
+        terminal = TerminalRenderer(sys.stdout, images_dir=self.out, prefix="demo")
+        first_image = None
+        for prompt, modality in DEMO:
+            attachments = []
+            if modality:
+                rows = [r for r in manifest.select("test", has=(modality,)) if r.get("label") == "seven"]
+                attachments = [rows[0][modality]] if rows else []
+            shown = prompt + "".join(f" [{Path(a).name}]" for a in attachments)
+            print(f"\nyou> {shown}")
+            html.begin_turn(shown)
+            for event in session.ask(prompt, attachments):
+                getattr(terminal, f"on_{event.type}")(event)
+                getattr(html, f"on_{event.type}")(event)
+                sys.stdout.flush()
+                if event.type == "image" and first_image is None:
+                    first_image = time.time()
+        html.close()
+        write_text_atomic(self.out / "demo.html", page.getvalue())
+        if first_image is not None:
+            self.record["first_image_at"] = first_image
+        return True, f"{self.out / 'demo.html'}"
+
+    def stage_eval(self):
+        import anybind
+        from anybind.evaluate import evaluate_bind, evaluate_chat, evaluate_generate
+
+        previous = self.record.get("eval")
+        if previous and not self.record.get("trained_this_run"):
+            return False, "already evaluated"
+        chat = anybind.load(self.chat)
+        results = {"bind": evaluate_bind(anybind.load(self.bind), self.world),
+                   "chat": evaluate_chat(chat, self.world, progress=self.progress),
+                   "generate": evaluate_generate(self.world, decoder=chat.decoder, model=chat, progress=self.progress)}
+        self.record["eval"] = results
+        return True, ""
+
+    # --- the run ----------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        from tqdm.auto import tqdm
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        metrics_path = self.out / "metrics.json"
+        if metrics_path.is_file():
+            self.record = json.loads(metrics_path.read_text())
+        self.record.pop("trained_this_run", None)
+        self.record.pop("first_image_at", None)
+        began = time.time()
+        stages = self.record.setdefault("stages", {})
+        bar = tqdm(STAGES, desc="quickstart", unit="stage", disable=not self.progress)
+        for name in bar:
+            bar.set_postfix_str(name)
+            tqdm.write(f"\n== quickstart: {name} ==")
+            start = time.time()
+            ran, note = getattr(self, "stage_" + name.replace("-", "_"))()
+            seconds = time.time() - start
+            if ran and name not in ("demo", "eval"):
+                self.record["trained_this_run"] = True
+            stages[name] = {"seconds": round(seconds, 1) if ran else stages.get(name, {}).get("seconds"),
+                            "ran": ran, "note": note}
+            write_json_atomic(metrics_path, self.record)
+        origin = self.started_at or began
+        if "first_image_at" in self.record:
+            self.record["first_interleaved_answer_seconds"] = round(self.record.pop("first_image_at") - origin, 1)
+        self.record["seconds"] = round(time.time() - origin, 1)
+        self.record["summary"] = summary(self.record)
+        self.record.pop("trained_this_run", None)
+        write_json_atomic(metrics_path, self.record)
+        return self.record
+
+
+def summary(record: dict) -> dict[str, float]:
+    """The headline numbers, named as in :data:`TARGETS`."""
+    ev = record.get("eval") or {}
+    out: dict[str, float] = {}
+    bind = ev.get("bind", {})
+    emergent = [r["zero_shot_top1"] for r in bind.values() if r.get("emergent")]
+    if emergent:
+        out["bind zero-shot (emergent)"] = min(emergent)
+    if "image" in bind:
+        out["bind zero-shot (image)"] = bind["image"]["zero_shot_top1"]
+    chat = ev.get("chat", {})
+    if chat:
+        out["chat (every modality)"] = min(max(r.get("image_projector", 0), r.get("own_projector") or 0) for r in chat.values())
+    generate = ev.get("generate", {})
+    if "chat_draw" in generate:
+        out["generated digits correct"] = generate["chat_draw"]["accuracy"]
+    if "chat_write_and_draw" in generate:
+        out["write-then-draw both and agree"] = generate["chat_write_and_draw"]["both_and_agree"]
+    return out

@@ -1,0 +1,156 @@
+"""Stage instruct: LoRA on the LM with the projectors, on templated multi-turn conversations.
+
+Runs for real on the tiny local causal LM (``hf:PATH``), the tiny trained decoder and the
+small sample world of the image-output tests.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+import anybind
+from anybind.conversation import Attachment, Turn, encode
+from anybind.instruct import Dialogue, encode_dialogue, make_dialogues
+from anybind.world import read_manifest
+from conftest import run_cli
+
+
+def _copy_chat(chat_dir, target):
+    """A copy of a chat model directory that still finds its bound model and decoder."""
+    shutil.copytree(chat_dir, target)
+    config = json.loads((chat_dir / "config.json").read_text())
+    config["bound"] = os.path.relpath((chat_dir / config["bound"]).resolve(), target.resolve())
+    (target / "config.json").write_text(json.dumps(config))
+    for output in (target / "image_output", target / "instruct" / "image_output"):
+        if (output / "config.json").is_file():
+            gen_config = json.loads((output / "config.json").read_text())
+            gen_config["decoder"] = os.path.relpath((chat_dir / gen_config["decoder"]).resolve(), target.resolve())
+            (output / "config.json").write_text(json.dumps(gen_config))
+    return target
+
+
+def _digest(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and "instruct" not in p.parts
+            and p.name not in ("config.json", "metrics.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def instructed(drawing_chat, small_world, tmp_path_factory):
+    chat = _copy_chat(drawing_chat, tmp_path_factory.mktemp("instruct") / "chat")
+    before = _digest(chat)
+    run_cli("train", "instruct", "--manifest", str(small_world), "--model", str(chat), "--steps", "30",
+            "--batch-size", "8", "--conversations", "96", "--lr", "0.01", "--layers", "1", check=True)
+    return chat, before
+
+
+def test_dialogues_cover_every_kind_and_refer_back(small_world):
+    manifest = read_manifest(small_world)
+    att = {m: [(Attachment(m, f"{m}.x", torch.zeros(4)), label) for label in manifest.labels] for m in ("image", "audio")}
+    dialogues = make_dialogues(manifest, att, 64, seed=0)
+    answers = [[kind for kind, _ in d.answer] for d in dialogues]
+    assert ["text"] in answers and ["image"] in answers and ["text", "image"] in answers and ["own"] in answers
+    follow_ups = [d for d in dialogues if len(d.turns) == 3]
+    assert follow_ups and all(d.turns[1].role == "assistant" for d in follow_ups)
+    # "Now draw it." after a question about an attachment draws that attachment's label.
+    draw_after = [d for d in follow_ups if d.answer[0][0] == "image" and d.turns[0].attachments]
+    assert draw_after
+    for d in draw_after:
+        label = d.turns[1].text.split()[-1].rstrip(".")
+        assert d.answer[0][1] == manifest.prompt.format(label=label)
+    assert {a.modality for d in dialogues for t in d.turns for a in t.attachments} == {"image", "audio"}
+    # A sentence before a drawing names the label first (what eval generate checks).
+    for d in dialogues:
+        if [k for k, _ in d.answer] == ["text", "image"]:
+            label = d.answer[1][1].split()[-1]
+            assert d.answer[0][1].lower().startswith(label)
+
+
+def test_encoded_answers_target_img0_and_skip_the_forced_tokens(tiny_lm):
+    from anybind.lm import load_backbone
+
+    backbone = load_backbone(f"hf:{tiny_lm}")
+    tok, vocab, k = backbone.tokenizer, backbone.vocab_size, 3
+    end = encode(tok, [Turn("user", "Hi")], 1, answer="Hello.").ids[-1]
+    d = Dialogue([Turn("user", "Draw a seven.")], [("text", "Seven is odd."), ("image", "a handwritten seven")])
+    encode_dialogue(tok, d, 4, vocab, k, end)
+    ids = [t for _, t in d.targets]
+    assert ids.count(vocab) == 1 and not any(vocab < t < vocab + k for t in ids)  # [IMG0] only
+    assert ids[-1] == end
+    (start, caption), = d.images
+    assert caption == "a handwritten seven" and d.encoded.ids[start:start + k] == [tok.pad_token_id] * k
+    assert (start - 1, vocab) in d.targets  # the state before [IMG0] predicts it
+    assert (start + k - 1, end) in d.targets  # the last [IMG] state predicts the end of the turn
+
+
+def test_instruct_trains_adapters_and_leaves_earlier_stages_untouched(instructed):
+    chat, before = instructed
+    assert (chat / "instruct" / "adapter" / "adapter_config.json").is_file()
+    assert (chat / "instruct" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (chat / "instruct" / "image_output" / "model.safetensors").is_file()
+    assert json.loads((chat / "config.json").read_text())["instruct"] == "instruct"
+    assert _digest(chat) == before  # align-in and align-out weights as they were
+    steps = [json.loads(l) for l in (chat / "metrics.jsonl").read_text().splitlines()
+             if json.loads(l).get("stage") == "instruct"]
+    assert steps[-1]["ce"] < steps[0]["ce"] - 0.5
+    # The image output starts trained (align-out); adapting the LM must not undo it.
+    assert steps[-1]["mse"] < 1.5 * steps[0]["mse"]
+    again = run_cli("train", "instruct", "--model", str(chat))
+    assert again.returncode == 0 and "already trained" in again.stdout
+
+
+def test_load_merges_the_adapter(instructed):
+    chat, _ = instructed
+    tuned = anybind.load(chat)
+    from anybind.chat import ChatModel
+
+    plain = ChatModel.from_pretrained(chat, instruct=False)
+    ids = torch.tensor([encode(tuned.backbone.tokenizer, [Turn("user", "Draw a seven.")], 4).ids])
+    with torch.no_grad():
+        a = tuned.backbone.model(input_ids=ids).logits
+        b = plain.backbone.model(input_ids=ids).logits
+    assert not torch.allclose(a, b, atol=1e-4)  # the adapter changed the LM
+    from peft import PeftModel
+
+    from anybind.lm import load_backbone
+
+    fresh = load_backbone(plain.backbone.reference)
+    unmerged = PeftModel.from_pretrained(fresh.model, str(chat / "instruct" / "adapter"))
+    with torch.no_grad():
+        c = unmerged(input_ids=ids).logits
+    assert torch.allclose(a, c, atol=1e-4)  # merged weights compute what the adapter computes
+    events = list(tuned.generate("Which digit is this?", max_new_tokens=6))
+    assert events[-1].type == "done"
+
+
+def test_quickstart_skips_finished_stages_then_demos_and_evaluates(instructed, small_world, small_bound, decoder_dir,
+                                                                     tiny_lm, tmp_path):
+    chat, _ = instructed
+    run = tmp_path / "quickstart"
+    run.mkdir()
+    (run / "world").symlink_to(small_world)
+    (run / "bind").symlink_to(small_bound)
+    (run / "decoder").symlink_to(decoder_dir)
+    _copy_chat(chat, run / "chat")
+    first = run_cli("quickstart", "--out", str(run), "--backbone", f"hf:{tiny_lm}", timeout=900, check=True)
+    record = json.loads((run / "metrics.json").read_text())
+    stages = record["stages"]
+    assert sorted(stages) == sorted(["world", "bind", "decoder", "align-in", "align-out", "instruct", "demo", "eval"])
+    assert not any(stages[s]["ran"] for s in ("world", "bind", "decoder", "align-in", "align-out", "instruct"))
+    assert stages["demo"]["ran"] and stages["eval"]["ran"]
+    page = (run / "demo.html").read_text()
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    assert "Which digit is spoken here?" in page and "Now draw it." in page and "number four" in page
+    assert set(record["eval"]) == {"bind", "chat", "generate"}
+    assert record["summary"]["bind zero-shot (image)"] == record["eval"]["bind"]["image"]["zero_shot_top1"]
+    assert "chat (every modality)" in record["summary"] and "generated digits correct" in record["summary"]
+    assert "STAGE" in first.stdout and "METRIC (held-out)" in first.stdout and "skipped" in first.stdout
+    table = first.stdout[first.stdout.index("STAGE"):]
+    assert table.index("world") < table.index("decoder") < table.index("instruct") < table.index("eval")
+    again = run_cli("quickstart", "--out", str(run), "--backbone", f"hf:{tiny_lm}", timeout=900, check=True)
+    assert json.loads((run / "metrics.json").read_text())["stages"]["eval"]["note"] == "already evaluated"
+    assert "already evaluated" in again.stdout
