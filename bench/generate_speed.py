@@ -21,7 +21,7 @@ parser.add_argument("--chat", help="A chat model trained with align-out: time on
 parser.add_argument("--prompt", default="a handwritten seven")
 parser.add_argument("--steps", type=int, default=25)
 parser.add_argument("--batch", type=int, default=4)
-parser.add_argument("--repeats", type=int, default=5)
+parser.add_argument("--repeats", type=int, default=10)
 args = parser.parse_args()
 
 from anybind.decoders import load_decoder  # noqa: E402
