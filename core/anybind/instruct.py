@@ -231,23 +231,17 @@ def _attachments(chat: ChatModel, manifest: Manifest, per_modality: int, seed: i
     """Embed a sample of each bound modality's labelled training files: {modality: [(attachment, label)]}."""
     from tqdm.auto import tqdm
 
+    from anybind.evaluate import embed_rows
+
     rng = random.Random(seed)
     out: dict[str, list[tuple[Attachment, str]]] = {}
     present = [m for m in manifest.modalities() if m in chat.modalities and m != "text" and m in plugins.modalities()]
     for modality in tqdm(present, desc="instruct: embedding attachments", unit="modality", leave=False, disable=not progress):
         rows = [r for r in manifest.select("train", has=(modality,)) if "label" in r]
         rows = rng.sample(rows, min(per_modality, len(rows)))
-        spec = plugins.get_modality(modality)
-        kept, raws = [], []
-        for row in rows:
-            try:
-                raws.append(spec.load(row[modality]))
-                kept.append(row)
-            except (InputError, FileNotFoundError):
-                continue  # bad files were reported by the bind stage; a sample just skips them
+        kept, embeddings = embed_rows(chat, rows, modality)  # unreadable files are skipped (bind reported them)
         if not kept:
             continue
-        embeddings = chat.embed_raw(modality, raws)
         out[modality] = [(Attachment(modality, str(r[modality]), e), r["label"]) for r, e in zip(kept, embeddings)]
     if not out:
         raise InputError(manifest.path, "no labelled training files of any modality this chat model reads")
