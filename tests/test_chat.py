@@ -94,6 +94,13 @@ def test_text_stream_never_splits_a_character(tiny_lm):
     pieces = [stream.push(i) for i in ids]
     assert "".join(pieces) == text == stream.text
     assert not any("\ufffd" in p for p in pieces)
+    # Cut off inside the emoji (as a token limit may): the held-back bytes come out at the end.
+    cut = next(n for n in range(1, len(ids)) if tokenizer.decode(ids[:n]).endswith("\ufffd"))
+    stream = TextStream(tokenizer)
+    pieces = [stream.push(i) for i in ids[:cut]]
+    assert not any("\ufffd" in p for p in pieces)
+    pieces.append(stream.flush())
+    assert "".join(pieces) == stream.text and stream.text.endswith("\ufffd") and stream.flush() == ""
 
 
 def test_align_in_trains_the_projector_and_writes_a_chat_model(chat_dir, bound):

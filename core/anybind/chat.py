@@ -293,6 +293,9 @@ class ChatModel:
             if piece:
                 first = first if first is not None else time.time() - began
                 yield TextEvent(piece)
+        rest = stream.flush()
+        if rest:
+            yield TextEvent(rest)
         yield DoneEvent(stream.text, count, reason, time.time() - began, first,
                         usage={"prompt_tokens": len(encoded.ids), "completion_tokens": count, "images": drawn})
 

@@ -187,6 +187,14 @@ class TextStream:
             return after[len(before):]
         return ""
 
+    def flush(self) -> str:
+        """What is still held back at the end (a character cut off by the token limit decodes
+        as U+FFFD), so that the pieces pushed out add up to :attr:`text`."""
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return after[len(before):]
+
     @property
     def text(self) -> str:
         return self._decode(self.ids)
