@@ -125,6 +125,13 @@ def test_load_merges_the_adapter(instructed):
     assert torch.allclose(a, c, atol=1e-4)  # merged weights compute what the adapter computes
     events = list(tuned.generate("Which digit is this?", max_new_tokens=6))
     assert events[-1].type == "done"
+    assert tuned.instructed and not plain.instructed
+
+
+def test_eval_chat_says_an_instructed_model_is_not_emergent(instructed, small_world):
+    chat, _ = instructed
+    proc = run_cli("eval", "chat", "--model", str(chat), "--manifest", str(small_world), "--limit", "4", check=True)
+    assert "(instructed)" in proc.stdout and "(emergent)" not in proc.stdout
 
 
 def test_quickstart_skips_finished_stages_then_demos_and_evaluates(instructed, small_world, small_bound, decoder_dir,

@@ -80,6 +80,7 @@ class ChatModel:
         for projector in projectors.values():
             projector.to(backbone.device).eval().requires_grad_(False)
         self.soft_tokens = next(iter(projectors.values())).config.tokens if projectors else 4
+        self.instructed = False
 
     @classmethod
     def from_pretrained(cls, path: Path | str, backbone: Backbone | None = None, decoder: str | None = None,
@@ -115,8 +116,10 @@ class ChatModel:
         projectors.pop("[IMG]", None)
         # Towers load when an attachment first needs them: a chat about audio never loads video.
         # The decoder loads when the model first draws.
-        return cls(AnybindModel({}), backbone, projectors, path, bound_dir=bound_dir, image_output=image_output,
-                   decoder=decoder)
+        model = cls(AnybindModel({}), backbone, projectors, path, bound_dir=bound_dir, image_output=image_output,
+                    decoder=decoder)
+        model.instructed = tuned is not None  # the instruct stage trained it on every modality's attachments
+        return model
 
     # --- the shared space (as AnybindModel) --------------------------------------------------
 

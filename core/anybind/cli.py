@@ -573,7 +573,8 @@ def eval_chat_command(model_dir, manifest, modalities, limit, as_json):
     rows = []
     for m, r in results.items():
         own = r.get("own_projector")
-        rows.append([m, f"{r['image_projector']:.3f}" + ("" if m == "image" else " (emergent)"),
+        route = " (instructed)" if r.get("instructed") else ("" if m == "image" else " (emergent)")
+        rows.append([m, f"{r['image_projector']:.3f}" + route,
                      f"{own:.3f}" if own is not None else "-", str(r["n_test"])])
     click.echo(f"Question: {next(iter(results.values()))['question'] if results else '-'}")
     click.echo(_table(["MODALITY", "IMAGE PROJECTOR", "OWN PROJECTOR", "N"], rows))

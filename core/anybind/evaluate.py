@@ -100,7 +100,8 @@ def evaluate_chat(model, manifest: Manifest | Path | str, modalities: list[str] 
     """Ask the chat model which label each held-out attachment shows/says; accuracy per modality.
 
     ``image_projector``: through the projector trained on images (for other modalities this is
-    emergent any-to-text); ``own_projector``: through the modality's own projector, if trained.
+    emergent any-to-text, unless the instruct stage has since trained the model on every
+    modality: ``instructed`` says so); ``own_projector``: through the modality's own projector.
     """
     from tqdm.auto import tqdm
 
@@ -121,7 +122,7 @@ def evaluate_chat(model, manifest: Manifest | Path | str, modalities: list[str] 
         if not rows:
             continue
         attachments = [Attachment(modality, r[modality], e) for r, e in zip(rows, embeddings)]
-        entry = {"n_test": len(rows), "question": question}
+        entry = {"n_test": len(rows), "question": question, "instructed": bool(getattr(model, "instructed", False))}
         routes = [("image_projector", BINDING_MODALITY)]
         if modality != BINDING_MODALITY and modality in model.projectors:
             routes.append(("own_projector", modality))
