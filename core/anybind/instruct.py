@@ -289,7 +289,7 @@ def train_instruct(manifest_path, chat_dir, settings: InstructSettings | None = 
         encode_dialogue(backbone.tokenizer, d, chat.soft_tokens, vocab, gen.tokens if gen else 0, end_id)
     cond_of = {}
     if gen is not None:
-        decoder = load_decoder(str(chat.decoder_reference()), device=accelerator.device)
+        decoder = load_decoder(chat.decoder_reference(), device=accelerator.device)
         captions = sorted({c for d in dialogues for _, c in d.images})
         cond_of = dict(zip(captions, decoder.encode_prompt(captions).cpu()))
         del decoder
@@ -323,7 +323,7 @@ def train_instruct(manifest_path, chat_dir, settings: InstructSettings | None = 
         for name, projector in chat.projectors.items():
             projector.save_pretrained(target / "projectors" / name)
         if gen is not None:
-            gen.config.decoder = decoder_reference_for(chat_dir, str(chat.decoder_reference()))
+            gen.config.decoder = decoder_reference_for(chat_dir, chat.decoder_reference())
             gen.save_pretrained(target / "image_output")
         write_json_atomic(done, result)
         shutil.rmtree(chat_dir / ".progress" / INSTRUCT_DIR, ignore_errors=True)

@@ -111,6 +111,7 @@ class Quickstart:
     def stage_demo(self):
         """The demo conversation, streamed to the terminal and written to ``demo.html``."""
         import io
+        import sys
 
         import anybind
         from anybind.chat import ChatSession
@@ -123,8 +124,6 @@ class Quickstart:
         session = ChatSession(model, SamplingOptions(max_new_tokens=96))  # short answers: one sentence, a drawing
         page = io.StringIO()
         html = HtmlRenderer(page)
-        import sys
-
         terminal = TerminalRenderer(sys.stdout, images_dir=self.out, prefix="demo")
         first_image = None
         for prompt, modality in DEMO:
