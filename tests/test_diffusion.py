@@ -117,7 +117,7 @@ def test_img_states_collected_while_decoding_are_those_of_one_forward_pass(drawi
     backbone, gen = model.backbone, model.image_output
     encoded = encode(backbone.tokenizer, model.conversation("Draw a seven."), model.soft_tokens)
     embeds, mask = input_embeddings(backbone, [encoded], [None], pad_left=True)
-    tracker = ImageStates(1, gen.tokens, backbone.vocab_size)
+    tracker = ImageStates(gen.tokens, backbone.vocab_size, mask)
     done, tokens = [], []
     for token, hidden in decode(backbone.model, embeds, mask, SamplingOptions(8), backbone.stop_ids, gen=gen, max_images=1):
         tokens.append(int(token[0]))
@@ -127,8 +127,51 @@ def test_img_states_collected_while_decoding_are_those_of_one_forward_pass(drawi
     assert all(t < vocab for t in tokens[gen.tokens:])  # max_images=1: back to text after one image
     with torch.no_grad():
         full = torch.cat([embeds, gen.embed[None].to(embeds.dtype)], dim=1)
-        states = backbone.model.base_model(inputs_embeds=full).last_hidden_state[0, -gen.tokens:]
-    assert len(done) == 1 and torch.allclose(done[0][1], states, atol=1e-4)
+        states = backbone.model.base_model(inputs_embeds=full).last_hidden_state[0]
+    assert len(done) == 1 and torch.allclose(done[0][1], states[-gen.tokens:], atol=1e-4)
+    # The context the projector reads is every state before [IMG0], as align-out trains on it.
+    assert done[0][2].shape == (len(encoded.ids), backbone.hidden_size)
+    assert torch.allclose(done[0][2], states[:-gen.tokens], atol=1e-4)
+
+
+def test_img_context_in_a_left_padded_batch_is_each_rows_own(drawing_chat, tmp_path):
+    model = anybind.load(_always_draws(drawing_chat, tmp_path / "draws"))
+    backbone, gen = model.backbone, model.image_output
+    prompts = ["Draw a seven.", "Please draw the number three for me, in a big and clear hand."]
+    encodings = [encode(backbone.tokenizer, model.conversation(p), model.soft_tokens) for p in prompts]
+    embeds, mask = input_embeddings(backbone, encodings, [None, None], pad_left=True)
+    tracker = ImageStates(gen.tokens, backbone.vocab_size, mask)
+    done = []
+    for token, hidden in decode(backbone.model, embeds, mask, SamplingOptions(6), backbone.stop_ids, gen=gen, max_images=1):
+        done += tracker.push(token, hidden)
+    assert sorted(row for row, _, _ in done) == [0, 1]
+    for row, _, context in done:
+        alone, _ = input_embeddings(backbone, [encodings[row]], [None], pad_left=True)
+        with torch.no_grad():
+            expected = backbone.model.base_model(inputs_embeds=alone).last_hidden_state[0]
+        assert context.shape == expected.shape and torch.allclose(context, expected, atol=1e-4)
+
+
+def test_the_output_projector_reads_the_context_when_configured():
+    from anybind.imageout import ImageOutput, ImageOutputConfig, pad_contexts
+
+    torch.manual_seed(0)
+    gen = ImageOutput(ImageOutputConfig(lm_width=8, tokens=2, cond_tokens=3, cond_width=5, width=16, context=True))
+    states = torch.randn(2, 2, 8)
+    context, mask = pad_contexts([torch.randn(4, 8), torch.randn(2, 8)])
+    assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    out = gen(states, context, mask)
+    assert out.shape == (2, 3, 5)
+    changed = context.clone()
+    changed[0, 1] += 1.0
+    assert not torch.allclose(gen(states, changed, mask)[0], out[0])  # a real position is read ...
+    padded = context.clone()
+    padded[1, 3] += 100.0
+    assert torch.allclose(gen(states, padded, mask), out, atol=1e-6)  # ... padding is not
+    with pytest.raises(ValueError, match="context"):
+        gen(states)
+    plain = ImageOutput(ImageOutputConfig(lm_width=8, tokens=2, cond_tokens=3, cond_width=5, width=16))
+    assert plain(states).shape == (2, 3, 5)  # projectors saved before context load and run as they were
 
 
 def test_images_may_start_only_at_the_answer_start_or_after_a_sentence(tiny_lm):

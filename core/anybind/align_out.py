@@ -34,7 +34,7 @@ from anybind.align import sentence
 from anybind.chat import ChatModel, read_chat_config
 from anybind.conversation import Encoded, Turn, _tokenize, encode, input_embeddings
 from anybind.errors import AnybindError, InputError
-from anybind.imageout import ImageOutput, ImageOutputConfig
+from anybind.imageout import ImageOutput, ImageOutputConfig, pad_contexts
 from anybind.persistence import CONFIG_NAME, read_config, write_json_atomic
 from anybind.trainer import LoopSettings, MetricsLog, make_accelerator, run_loop, say
 from anybind.world import Manifest, read_manifest
@@ -78,6 +78,12 @@ class AlignOutSettings:
     layers: int = 2
     examples: int = 480  # distinct templated conversations (half with images)
     mse_weight: float = 1.0
+    # Contrast: the projected conditioning must be nearer its own caption's encoding than any
+    # other caption's (cross-entropy over negative distances / temperature), beside the MSE.
+    contrast_weight: float = 0.05
+    contrast_temperature: float = 0.02
+    context: bool = True  # the output projector also reads the conversation before [IMG0]
+    guidance: float | None = 5.0  # what the chat draws with (None: the decoder's own default)
     seed: int = 0
     save_every: int = 100
     progress: bool = True
@@ -165,11 +171,14 @@ def _mean(values: torch.Tensor) -> torch.Tensor:
 class _Objective(nn.Module):
     """The image output plus its loss against the cached frozen-LM states (one module for Accelerate)."""
 
-    def __init__(self, gen: ImageOutput, backbone, mse_weight: float):
+    def __init__(self, gen: ImageOutput, backbone, settings: AlignOutSettings):
         super().__init__()
         self.gen = gen
         self.backbone = backbone  # frozen; a plain attribute, never saved
-        self.mse_weight = mse_weight
+        self.mse_weight = settings.mse_weight
+        self.contrast_weight = settings.contrast_weight
+        self.temperature = settings.contrast_temperature
+        self.bank: torch.Tensor | None = None  # every caption's conditioning (C, T, W)
         self.cache: dict[int, dict] = {}
         # The template's end-of-turn token: what follows an answer's last word.
         self.end_id = encode(backbone.tokenizer, [Turn("user", "Hi")], 1, answer="Hello.").ids[-1]
@@ -206,9 +215,12 @@ class _Objective(nn.Module):
                     item["kv"] = [(layer.keys[row, :, offset:].clone(), layer.values[row, :, offset:].clone())
                                   for layer in out.past_key_values.layers]
                     item["cond"] = cond_of[e.caption]
+                    item["context"] = out.last_hidden_state[row, offset:].float().cpu()  # everything before [IMG0]
                 self.cache[index] = item
+        self.bank = torch.stack(list(cond_of.values())) if len(cond_of) > 1 else None
         drawn = [it for it in self.cache.values() if "kv" in it]
-        self.gen.calibrate(torch.cat([self._image_states(drawn[i:i + 32]).cpu() for i in range(0, len(drawn), 32)]))
+        self.gen.calibrate(torch.cat([self._image_states(drawn[i:i + 32]).cpu() for i in range(0, len(drawn), 32)]),
+                           torch.cat([it["context"] for it in drawn]))
         # Start [IMG0]'s logit a little below the LM's typical log-normaliser: low, but in reach.
         lse = torch.cat([it["lse"] for it in self.cache.values()])
         self.gen.set_logit_offset(float(lse.mean()) - 10.0)
@@ -231,9 +243,10 @@ class _Objective(nn.Module):
         ce_first = _mean((norm - target)[first & ~is_image])
         ce_text = _mean((norm - target)[~first & ~is_image])
         drawn = [it for it in items if "kv" in it]
-        mse, ce_after = self._image_states_loss(drawn)
-        loss = ce_image + ce_first + ce_text + ce_after + self.mse_weight * mse
-        parts = {"ce_img": ce_image, "ce_first": ce_first, "ce_text": ce_text, "ce_after": ce_after, "mse": mse}
+        mse, contrast, ce_after = self._image_states_loss(drawn)
+        loss = ce_image + ce_first + ce_text + ce_after + self.mse_weight * mse + self.contrast_weight * contrast
+        parts = {"ce_img": ce_image, "ce_first": ce_first, "ce_text": ce_text, "ce_after": ce_after, "mse": mse,
+                 "contrast": contrast}
         return loss, {k: float(v.detach()) for k, v in parts.items()}
 
     def _image_states(self, items: list[dict]) -> torch.Tensor:
@@ -260,17 +273,24 @@ class _Objective(nn.Module):
         return model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                                 past_key_values=cache, use_cache=True).last_hidden_state
 
-    def _image_states_loss(self, items: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _image_states_loss(self, items: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         gen, model = self.gen, self.backbone.model
         device = gen.embed.device
         states = self._image_states(items)
-        predicted = gen(states)
+        context, context_mask = pad_contexts([it["context"].to(device) for it in items])
+        predicted = gen(states, context, context_mask)
         target = torch.stack([it["cond"] for it in items]).to(device)
+        contrast = predicted.new_zeros(())
+        if self.bank is not None:
+            bank = self.bank.to(device)
+            distance = (predicted.float()[:, None] - bank[None]).pow(2).mean((-1, -2))  # (B, C)
+            own = (target[:, None] - bank[None]).pow(2).mean((-1, -2)).argmin(1)  # each item's caption in the bank
+            contrast = F.cross_entropy(-distance / self.temperature, own)
         # After the image the answer ends: end of turn, not another [IMG0].
         last = states[:, -1]
         logits = torch.cat([model.get_output_embeddings()(last).float(), gen.logit(last)[:, None]], dim=-1)
         after = F.cross_entropy(logits, torch.full((len(items),), self.end_id, device=device))
-        return F.mse_loss(predicted.float(), target.float()), after
+        return F.mse_loss(predicted.float(), target.float()), contrast, after
 
 
 def _examples(chat: ChatModel, manifest: Manifest, conversations, vocab: int, boundaries: torch.Tensor,
@@ -342,9 +362,10 @@ def train_align_out(manifest_path, chat_dir, decoder: str, settings: AlignOutSet
     tokens, cond_width = image_decoder.cond_shape
     gen = ImageOutput(ImageOutputConfig(lm_width=backbone.hidden_size, tokens=settings.tokens, cond_tokens=tokens,
                                         cond_width=cond_width, width=settings.width, layers=settings.layers,
+                                        context=settings.context, guidance=settings.guidance,
                                         backbone=config["backbone"], decoder=decoder))
     gen.match_embeddings(backbone.model.get_input_embeddings().weight, settings.seed)
-    objective = _Objective(gen, backbone, settings.mse_weight)
+    objective = _Objective(gen, backbone, settings)
     say(accelerator, f"align-out: {len(examples)} conversations ({len(captions)} captions), {settings.tokens} "
                      f"generative tokens -> {tokens}x{cond_width} conditioning of {decoder}; LM, towers and decoder frozen")
     objective.prepare(examples, dict(zip(captions, conds)), settings.progress and accelerator.is_main_process)

@@ -28,7 +28,7 @@ import torch
 from anybind.conversation import Attachment, Encoded, Turn, describe, encode, fit, input_embeddings
 from anybind.errors import CheckpointError, InputError
 from anybind.generation import DoneEvent, ImageEvent, NoticeEvent, SamplingOptions, TextEvent, TextStream, decode
-from anybind.imageout import ImageOutput
+from anybind.imageout import ImageOutput, pad_contexts
 from anybind.lm import Backbone, load_backbone
 from anybind.model import AnybindModel, Tower, resolve_input
 from anybind.persistence import CONFIG_NAME, read_config, write_json_atomic
@@ -228,9 +228,15 @@ class ChatModel:
         return self._decoder
 
     @torch.no_grad()
-    def draw(self, states: torch.Tensor, *, seed: int = 0, steps: int | None = None, guidance: float | None = None):
-        """Images from the final hidden states at ``[IMG0..k-1]``, ``(B, k, H)``."""
-        cond = self.image_output(states.to(self.backbone.device))
+    def draw(self, states: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+             *, seed: int = 0, steps: int | None = None, guidance: float | None = None):
+        """Images from the final hidden states at ``[IMG0..k-1]``, ``(B, k, H)``, and those of the
+        conversation before them, ``context`` ``(B, N, H)`` right-padded with ``context_mask``."""
+        device = self.backbone.device
+        if context is not None:
+            context = context.to(device)
+        cond = self.image_output(states.to(device), context, context_mask)
+        guidance = self.image_output.config.guidance if guidance is None else guidance
         return self.decoder.decode(cond, seed=seed, steps=steps, guidance=guidance)
 
     # --- generation --------------------------------------------------------------------------
@@ -274,15 +280,15 @@ class ChatModel:
         count = 0
         gen = self.image_output if draw else None
         vocab = self.backbone.vocab_size
-        tracker = ImageStates(1, gen.tokens, vocab) if gen is not None else None
+        tracker = ImageStates(gen.tokens, vocab, mask) if gen is not None else None
         drawn = 0
         for item in decode(self.backbone.model, embeds, mask, options, self.backbone.stop_ids, gen=gen,
                            max_images=max_images, boundaries=self.boundaries if gen is not None else None):
             token, hidden = item if gen is not None else (item, None)
             token_id = int(token[0])
             if tracker is not None:
-                for _, states in tracker.push(token, hidden):
-                    image = self.draw(states[None], seed=(options.seed or 0) + drawn, steps=image_steps)[0]
+                for _, states, context in tracker.push(token, hidden):
+                    image = self.draw(states[None], context[None], seed=(options.seed or 0) + drawn, steps=image_steps)[0]
                     first = first if first is not None else time.time() - began
                     yield ImageEvent(image, drawn)
                     drawn += 1
@@ -328,9 +334,9 @@ def draw_batch(model: "ChatModel", prompts: Sequence[str], *, max_new_tokens: in
     encodings = [encode(tokenizer, model.conversation(p), model.soft_tokens) for p in prompts]
     embeds, mask = input_embeddings(model.backbone, encodings, [None] * len(encodings), pad_left=True)
     gen, vocab = model.image_output, model.backbone.vocab_size
-    tracker = ImageStates(len(prompts), gen.tokens, vocab)
+    tracker = ImageStates(gen.tokens, vocab, mask)
     ids: list[list[int]] = [[] for _ in prompts]
-    pending: list[tuple[int, torch.Tensor]] = []
+    pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
     for token, hidden in decode(model.backbone.model, embeds, mask, SamplingOptions(max_new_tokens),
                                 model.backbone.stop_ids, gen=gen, max_images=1, boundaries=model.boundaries):
         pending += tracker.push(token, hidden)
@@ -338,8 +344,10 @@ def draw_batch(model: "ChatModel", prompts: Sequence[str], *, max_new_tokens: in
             ids[row].append(token_id)
     images: list[list] = [[] for _ in prompts]
     if pending:
-        drawn = model.draw(torch.stack([states for _, states in pending]), seed=seed, steps=image_steps)
-        for (row, _), image in zip(pending, drawn):
+        context, context_mask = pad_contexts([c for _, _, c in pending])
+        drawn = model.draw(torch.stack([states for _, states, _ in pending]), context, context_mask, seed=seed,
+                           steps=image_steps)
+        for (row, _, _), image in zip(pending, drawn):
             images[row].append(image)
     stop = set(model.backbone.stop_ids)
     out = []
@@ -351,24 +359,33 @@ def draw_batch(model: "ChatModel", prompts: Sequence[str], *, max_new_tokens: in
 
 
 class ImageStates:
-    """Collects, per row of a decode, the final hidden states of ``[IMG0..k-1]`` as they are fed.
+    """Collects, per row of a decode, the final hidden states of ``[IMG0..k-1]`` as they are
+    fed, and those of every position before them (the context the output projector may read).
 
-    ``decode`` yields ``(token, hidden)``; after a row's token was ``[IMG_j]``, the next
-    ``hidden`` is that token's state. :meth:`push` returns the rows whose image is complete.
+    ``decode`` yields ``(token, hidden)`` with ``hidden`` the states fed since its last yield
+    (the prompt's first: ``prompt_mask`` (B, L), 1 where a row's prompt is, not its padding);
+    after a row's token was ``[IMG_j]``, the next ``hidden[:, -1]`` is that token's state.
+    :meth:`push` returns ``(row, states (k, H), context (n, H))`` for rows whose image is complete.
     """
 
-    def __init__(self, rows: int, tokens: int, vocab: int):
+    def __init__(self, tokens: int, vocab: int, prompt_mask: torch.Tensor):
         self.tokens, self.vocab = tokens, vocab
+        self.prompt_mask = prompt_mask.bool()
+        rows = len(prompt_mask)
+        self.seen: list[list[torch.Tensor]] = [[] for _ in range(rows)]  # every state of the row, in order
         self.states: list[list[torch.Tensor]] = [[] for _ in range(rows)]
         self.after = [False] * rows
 
-    def push(self, token: torch.Tensor, hidden: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    def push(self, token: torch.Tensor, hidden: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        first = not self.seen[0]
         done = []
         for row, token_id in enumerate(token.tolist()):
+            self.seen[row].append(hidden[row][self.prompt_mask[row].to(hidden.device)] if first else hidden[row])
             if self.after[row]:
-                self.states[row].append(hidden[row])
+                self.states[row].append(hidden[row, -1])
                 if len(self.states[row]) == self.tokens:
-                    done.append((row, torch.stack(self.states[row])))
+                    seen = torch.cat(self.seen[row])
+                    done.append((row, torch.stack(self.states[row]), seen[: len(seen) - self.tokens]))
                     self.states[row] = []
             self.after[row] = token_id >= self.vocab
         return done

@@ -434,13 +434,18 @@ def train_align_in_command(manifest, bound, out, backbone, modalities, steps, ba
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--tokens", type=int, default=4, show_default=True, help="Generative tokens [IMG0]..[IMG{k-1}].")
+@click.option("--context/--no-context", default=True, show_default=True,
+              help="The output projector also reads the conversation before [IMG0] (not only the [IMG] states).")
+@click.option("--guidance", type=float, default=5.0, show_default=True,
+              help="Classifier-free guidance the chat draws with (saved with the model).")
 @click.option("--retrain", is_flag=True, help="Train again even if already trained.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_align_out_command(manifest, model_dir, decoder, steps, batch_size, lr, tokens, retrain, seed):
+def train_align_out_command(manifest, model_dir, decoder, steps, batch_size, lr, tokens, context, guidance, retrain, seed):
     """Teach the frozen LM to draw: [IMG] tokens and an output projector to the decoder's conditioning."""
     from anybind.align_out import AlignOutSettings, train_align_out
 
-    settings = AlignOutSettings(steps=steps, batch_size=batch_size, lr=lr, tokens=tokens, seed=seed)
+    settings = AlignOutSettings(steps=steps, batch_size=batch_size, lr=lr, tokens=tokens, context=context,
+                                guidance=guidance, seed=seed)
     r = train_align_out(manifest, model_dir, decoder, settings, retrain=retrain)
     if not r.get("skipped"):
         click.echo(f"aligned image output: {r['conversations']} conversations, {r['steps']} steps in {r['seconds']:.1f}s "

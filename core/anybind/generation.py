@@ -92,8 +92,10 @@ def decode(
     With ``gen`` (an :class:`anybind.imageout.ImageOutput`) the vocabulary gains the
     generative tokens ``[IMG0..k-1]`` at ids ``V..V+k-1``: ``[IMG0]`` competes with the text
     tokens, the rest are forced after it, and each yield is ``(token, hidden)`` where
-    ``hidden`` (B, H) is the final hidden state of the position whose output ``token`` is
-    (after ``[IMG_j]`` was yielded, the next ``hidden`` is ``[IMG_j]``'s state). A row that
+    ``hidden`` (B, n, H) holds the final hidden states of the positions fed since the last
+    yield (the whole prompt first, then one position each step); its last state is that of
+    the position whose output ``token`` is (after ``[IMG_j]`` was yielded, the next
+    ``hidden[:, -1]`` is ``[IMG_j]``'s state). A row that
     is part-way through an image finishes it even past ``max_new_tokens``. ``boundaries``
     (bool over the vocabulary) restricts ``[IMG0]`` to the first step and to steps after a
     token marked True (a sentence end).
@@ -115,8 +117,8 @@ def decode(
         def forward(embeds, mask, positions, past):
             out = base(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                        past_key_values=past, use_cache=True)
-            h = out.last_hidden_state[:, -1]
-            return torch.cat([head(h).float(), gen.logit(h)[:, None]], dim=-1), h, out.past_key_values
+            h = out.last_hidden_state
+            return torch.cat([head(h[:, -1]).float(), gen.logit(h[:, -1])[:, None]], dim=-1), h, out.past_key_values
 
         logits, hidden, past = forward(inputs_embeds, attention_mask, position_ids, None)
         vocab = logits.shape[-1] - 1  # id of [IMG0]

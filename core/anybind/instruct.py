@@ -44,6 +44,7 @@ from anybind.align_out import ASK, CHAT, DRAW, TOPICS, WRITE_AND_DRAW, decoder_r
 from anybind.chat import ChatModel, read_chat_config
 from anybind.conversation import Attachment, Encoded, Turn, _tokenize, encode, input_embeddings
 from anybind.errors import AnybindError, InputError
+from anybind.imageout import pad_contexts
 from anybind.persistence import CONFIG_NAME, read_config, write_json_atomic
 from anybind.trainer import LoopSettings, MetricsLog, make_accelerator, run_loop, say
 from anybind.world import DIGIT_WORDS, Manifest, read_manifest
@@ -220,8 +221,9 @@ class _Tuner(nn.Module):
         drawn = [(row, start, caption) for row, d in enumerate(batch) for start, caption in d.images]
         if drawn and gen is not None:
             image_states = torch.stack([hidden[row, start:start + gen.tokens] for row, start, _ in drawn])
+            context, context_mask = pad_contexts([hidden[row, :start] for row, start, _ in drawn])  # right padding: all real
             target = torch.stack([self.cond_of[c] for _, _, c in drawn]).to(hidden.device)
-            mse = F.mse_loss(gen(image_states).float(), target.float())
+            mse = F.mse_loss(gen(image_states, context, context_mask).float(), target.float())
             loss = loss + self.mse_weight * mse
             parts["mse"] = float(mse.detach())
         return loss, parts

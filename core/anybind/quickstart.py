@@ -2,6 +2,11 @@
 
     world → bind → decoder → align-in → align-out → instruct → demo → eval
 
+The decoder trains in a background process (one thread) beside bind and align-in, which
+use the other core meanwhile: its small convolutions gain little from a second thread, so
+the two together finish sooner than one after the other. align-out, the first stage that
+needs the decoder, waits for it.
+
 Everything goes under one folder (default ``runs/quickstart``)::
 
     world/  bind/  decoder/  chat/         what each stage writes (see its command)
@@ -17,13 +22,17 @@ runs before the evaluation so the first interleaved answer comes as early as pos
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from anybind.errors import AnybindError
 from anybind.persistence import write_json_atomic, write_text_atomic
 
-STAGES = ("world", "bind", "decoder", "align-in", "align-out", "instruct", "demo", "eval")
+STAGES = ("world", "decoder", "bind", "align-in", "align-out", "instruct", "demo", "eval")
 
 #: The demo conversation: a spoken digit, a follow-up that draws it, then text and an image.
 DEMO = (
@@ -48,7 +57,10 @@ class Quickstart:
     backbone: str = "smollm2"  # any backbone reference, e.g. hf:/path/to/causal-lm
     started_at: float | None = None  # wall-clock start (e.g. before installation, from make)
     progress: bool = True
+    background_decoder: bool | None = None  # None: when there are at least 2 CPU cores and no GPU
+    decoder_options: tuple[str, ...] = ()  # extra `anybind train decoder` options, e.g. ("--set", "vae_steps=50")
     record: dict = field(default_factory=dict)
+    _job: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
     def world(self) -> Path:
@@ -83,11 +95,83 @@ class Quickstart:
         return bool(results), ", ".join(f"{r['modality']} {r['seconds']:.0f}s" for r in results) or "already trained"
 
     def stage_decoder(self):
-        from anybind.decoders import train_decoder
+        if (self.decoder / "anybind.json").is_file():
+            return False, "already trained"
+        command = [sys.executable, "-m", "anybind", "train", "decoder", "--manifest", str(self.world),
+                   "--out", str(self.decoder), *self.decoder_options]
+        if not self._in_background():
+            subprocess.run(command, check=True)
+            return True, ""
+        import torch
 
-        fresh = not (self.decoder / "anybind.json").is_file()
-        train_decoder(self.world, self.decoder)
-        return fresh, "" if fresh else "already trained"
+        log = open(self.decoder_log, "ab")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self._job = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        self._job_began = time.time()
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, self._threads - 1))  # the decoder has one core, the stages the rest
+        from anybind.trainer import STEP_HOOKS
+
+        STEP_HOOKS.append(self._take_back_cores)
+        return None, f"training in the background beside bind and align-in (log: {self.decoder_log})"
+
+    @property
+    def decoder_log(self) -> Path:
+        return self.out / "decoder.log"
+
+    def _in_background(self) -> bool:
+        if self.background_decoder is not None:
+            return self.background_decoder
+        import torch
+
+        return (os.cpu_count() or 1) >= 2 and not torch.cuda.is_available()
+
+    def _take_back_cores(self) -> None:
+        """Once the background decoder has ended, the stages get every core again."""
+        if self._job is not None and self._job.poll() is not None and hasattr(self, "_threads"):
+            import torch
+
+            from anybind.trainer import STEP_HOOKS
+
+            torch.set_num_threads(self._threads)
+            del self._threads
+            if self._take_back_cores in STEP_HOOKS:
+                STEP_HOOKS.remove(self._take_back_cores)
+
+    def join_decoder(self) -> None:
+        """Wait for the background decoder; fail with its log's end if it failed."""
+        if self._job is None:
+            return
+        from tqdm.auto import tqdm
+
+        job = self._job
+        with tqdm(desc="waiting for the decoder (background)", unit="s", disable=not self.progress, leave=False) as bar:
+            waited = time.time()
+            while job.poll() is None:
+                time.sleep(1.0)
+                bar.update(1)
+        self._take_back_cores()
+        self._job = None
+        seconds = time.time() - self._job_began
+        if job.returncode != 0:
+            tail = self.decoder_log.read_text(errors="replace").replace("\r", "\n").strip().splitlines()[-5:]
+            raise AnybindError(f"decoder training failed (exit {job.returncode}); the end of {self.decoder_log}:\n  "
+                               + "\n  ".join(tail))
+        self.record.setdefault("stages", {})["decoder"] = {
+            "seconds": round(seconds, 1), "ran": True,
+            "note": f"in the background beside bind and align-in; align-out waited {time.time() - waited:.0f}s for it"}
+
+    def stop_decoder(self) -> None:
+        """Stop a background decoder (an interrupted quickstart): it resumes from its checkpoint next time."""
+        if self._job is not None and self._job.poll() is None:
+            self._job.terminate()
+            try:
+                self._job.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._job.kill()
+        self._take_back_cores()
+        self._job = None
 
     def stage_align_in(self):
         from anybind.align import AlignSettings, train_align_in
@@ -98,6 +182,8 @@ class Quickstart:
 
     def stage_align_out(self):
         from anybind.align_out import AlignOutSettings, train_align_out
+
+        self.join_decoder()
 
         r = train_align_out(self.world, self.chat, str(self.decoder), AlignOutSettings(progress=self.progress))
         return not r.get("skipped"), "already trained" if r.get("skipped") else f"mse {r.get('mse', float('nan')):.3f}"
@@ -174,17 +260,22 @@ class Quickstart:
         began = time.time()
         stages = self.record.setdefault("stages", {})
         bar = tqdm(STAGES, desc="quickstart", unit="stage", disable=not self.progress)
-        for name in bar:
-            bar.set_postfix_str(name)
-            tqdm.write(f"\n== quickstart: {name} ==")
-            start = time.time()
-            ran, note = getattr(self, "stage_" + name.replace("-", "_"))()
-            seconds = time.time() - start
-            if ran and name not in ("demo", "eval"):
-                self.record["trained_this_run"] = True
-            stages[name] = {"seconds": round(seconds, 1) if ran else stages.get(name, {}).get("seconds"),
-                            "ran": ran, "note": note}
-            write_json_atomic(metrics_path, self.record)
+        try:
+            for name in bar:
+                bar.set_postfix_str(name)
+                tqdm.write(f"\n== quickstart: {name} ==")
+                start = time.time()
+                ran, note = getattr(self, "stage_" + name.replace("-", "_"))()
+                seconds = time.time() - start
+                if ran is None:  # started in the background: its time is recorded when it is joined
+                    ran, seconds = True, None
+                if ran and name not in ("demo", "eval"):
+                    self.record["trained_this_run"] = True
+                stages[name] = {"seconds": round(seconds, 1) if ran and seconds is not None
+                                else stages.get(name, {}).get("seconds"), "ran": ran, "note": note}
+                write_json_atomic(metrics_path, self.record)
+        finally:
+            self.stop_decoder()
         origin = self.started_at or began
         if "first_image_at" in self.record:
             self.record["first_interleaved_answer_seconds"] = round(self.record.pop("first_image_at") - origin, 1)

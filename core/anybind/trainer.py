@@ -24,6 +24,11 @@ from torch import nn
 from anybind.persistence import load_model_dir, save_model_dir, write_json_atomic
 
 
+#: Called after every optimiser step of every stage (the quickstart uses it to take back the
+#: core a background job was using as soon as that job ends).
+STEP_HOOKS: list[Callable[[], None]] = []
+
+
 def make_accelerator(cpu: bool | None = None):
     from accelerate import Accelerator
 
@@ -166,6 +171,8 @@ def run_loop(
         accelerator.backward(loss)
         optimizer.step()
         schedule.step()
+        for hook in list(STEP_HOOKS):
+            hook()
         loss_value = float(loss.detach())
         unwrapped = accelerator.unwrap_model(model)
         extra = report(unwrapped) if report else {}
