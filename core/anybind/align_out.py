@@ -34,7 +34,7 @@ from anybind.align import sentence
 from anybind.chat import ChatModel, read_chat_config
 from anybind.conversation import Encoded, Turn, _tokenize, encode, input_embeddings
 from anybind.errors import AnybindError, InputError
-from anybind.imageout import ImageOutput, ImageOutputConfig, pad_contexts
+from anybind.imageout import ImageOutput, ImageOutputConfig, conditioning_loss, pad_contexts
 from anybind.persistence import CONFIG_NAME, read_config, write_json_atomic
 from anybind.trainer import LoopSettings, MetricsLog, make_accelerator, run_loop, say
 from anybind.world import Manifest, read_manifest
@@ -280,17 +280,12 @@ class _Objective(nn.Module):
         context, context_mask = pad_contexts([it["context"].to(device) for it in items])
         predicted = gen(states, context, context_mask)
         target = torch.stack([it["cond"] for it in items]).to(device)
-        contrast = predicted.new_zeros(())
-        if self.bank is not None:
-            bank = self.bank.to(device)
-            distance = (predicted.float()[:, None] - bank[None]).pow(2).mean((-1, -2))  # (B, C)
-            own = (target[:, None] - bank[None]).pow(2).mean((-1, -2)).argmin(1)  # each item's caption in the bank
-            contrast = F.cross_entropy(-distance / self.temperature, own)
+        mse, contrast = conditioning_loss(predicted, target, self.bank, self.temperature)
         # After the image the answer ends: end of turn, not another [IMG0].
         last = states[:, -1]
         logits = torch.cat([model.get_output_embeddings()(last).float(), gen.logit(last)[:, None]], dim=-1)
         after = F.cross_entropy(logits, torch.full((len(items),), self.end_id, device=device))
-        return F.mse_loss(predicted.float(), target.float()), contrast, after
+        return mse, contrast, after
 
 
 def _examples(chat: ChatModel, manifest: Manifest, conversations, vocab: int, boundaries: torch.Tensor,

@@ -153,6 +153,24 @@ def pad_contexts(contexts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     return out, mask
 
 
+def conditioning_loss(predicted: torch.Tensor, target: torch.Tensor, bank: torch.Tensor | None,
+                      temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mse, contrast)`` of projected conditioning ``(B, T, W)`` against its captions' encodings.
+
+    ``contrast``: cross-entropy over ``-distance / temperature`` to every caption's encoding in
+    ``bank`` ``(C, T, W)``, the right one being the bank entry nearest ``target`` (zero without
+    a bank of at least two captions). The MSE alone leaves a residual that can sit nearer
+    another digit's caption; a mild contrast keeps each one nearest its own."""
+    predicted, target = predicted.float(), target.float()
+    mse = torch.nn.functional.mse_loss(predicted, target)
+    if bank is None or len(bank) < 2:
+        return mse, predicted.new_zeros(())
+    bank = bank.to(predicted.device).float()
+    distance = (predicted[:, None] - bank[None]).pow(2).mean((-1, -2))  # (B, C)
+    own = (target[:, None] - bank[None]).pow(2).mean((-1, -2)).argmin(1)
+    return mse, torch.nn.functional.cross_entropy(-distance / temperature, own)
+
+
 def embed_ids(backbone, gen: ImageOutput | None, ids: torch.Tensor) -> torch.Tensor:
     """Input embeddings of token ids where ids ``>= V`` are the generative tokens."""
     vocab = backbone.vocab_size

@@ -14,7 +14,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -120,6 +120,18 @@ class LoopSettings:
     seed: int = 0
     save_every: int = 100
     progress: bool = True
+    #: ``{parameter-name prefix: multiplier}``: parameters under a prefix learn at ``lr * multiplier``.
+    lr_scales: dict[str, float] = field(default_factory=dict)
+
+
+def _param_groups(module: nn.Module, loop: LoopSettings) -> list[dict]:
+    """Trainable parameters grouped by learning rate (``loop.lr_scales``; the first matching prefix wins)."""
+    groups: dict[float, list] = {}
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            scale = next((v for k, v in loop.lr_scales.items() if name.startswith(k)), 1.0)
+            groups.setdefault(scale, []).append(param)
+    return [{"params": params, "lr": loop.lr * scale} for scale, params in groups.items()]
 
 
 def run_loop(
@@ -144,8 +156,7 @@ def run_loop(
     from tqdm.auto import tqdm
 
     per_process = max(1, loop.batch_size // accelerator.num_processes)
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=loop.lr,
-                                  weight_decay=loop.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(module, loop), lr=loop.lr, weight_decay=loop.weight_decay)
     start = progress_step(progress_dir)
     if start:
         module.load_state_dict(load_model_dir(progress_dir / "model")[1], strict=False)
