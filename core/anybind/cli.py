@@ -463,14 +463,20 @@ def train_align_out_command(manifest, model_dir, decoder, steps, batch_size, lr,
 @click.option("--rank", type=int, default=8, show_default=True, help="LoRA rank.")
 @click.option("--layers", type=int, default=8, show_default=True, help="Adapters on the LM's last N layers (0: all).")
 @click.option("--conversations", type=int, default=480, show_default=True, help="Templated conversations to train on.")
+@click.option("--image-output-lr-scale", type=float, default=0.0, show_default=True,
+              help="The output projector and [IMG] rows learn at lr x this (0: kept as align-out left them; "
+                   "the [IMG0] gate always trains).")
 @click.option("--retrain", is_flag=True, help="Train again even if already trained.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_instruct_command(manifest, model_dir, steps, batch_size, lr, rank, layers, conversations, retrain, seed):
+def train_instruct_command(manifest, model_dir, steps, batch_size, lr, rank, layers, conversations,
+                           image_output_lr_scale, retrain, seed):
     """LoRA on the LM, with the projectors, over multi-turn conversations in every modality."""
     from anybind.instruct import InstructSettings, train_instruct
 
+    if image_output_lr_scale < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--image-output-lr-scale")
     settings = InstructSettings(steps=steps, batch_size=batch_size, lr=lr, rank=rank, layers=layers,
-                                conversations=conversations, seed=seed)
+                                conversations=conversations, image_output_lr_scale=image_output_lr_scale, seed=seed)
     r = train_instruct(manifest, model_dir, settings, retrain=retrain)
     if not r.get("skipped"):
         click.echo(f"instruct: {r['conversations']} conversations, {r['steps']} steps in {r['seconds']:.1f}s "

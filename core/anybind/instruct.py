@@ -2,9 +2,8 @@
 
 align-in and align-out taught a *frozen* LM to read the shared space and to ask for images.
 This stage lets the LM itself adapt, a little: low-rank adapters (peft LoRA) on the
-attention of its last layers train together with the input projectors and the image
-output (``[IMG]`` rows, gate and output projector), on multi-turn conversations built from
-the manifest:
+attention of its last layers train together with the input projectors and the ``[IMG0]``
+gate, on multi-turn conversations built from the manifest:
 
 * a question about an attachment of any bound modality, answered with its label;
 * a request to draw, answered by an image (``[IMG0..k-1]``);
@@ -14,8 +13,11 @@ the manifest:
 * plain chat, answered by the frozen LM's own words (so the adapters keep its manners).
 
 Loss: cross-entropy over the extended vocabulary on the final answer (``[IMG0]`` where an
-image belongs, the forced ``[IMG1..]`` excluded) plus the MSE between the projected
-``[IMG]`` states and the decoder's encoding of the image's caption, as in align-out.
+image belongs, the forced ``[IMG1..]`` excluded) plus the MSE (and the mild caption
+contrast) between the projected ``[IMG]`` states and the decoder's encoding of the image's
+caption, as in align-out. The output projector and ``[IMG]`` rows stay as align-out left
+them by default (``image_output_lr_scale``): trained along at the full rate they drift on
+the few drawings in each batch; the adapters instead learn to keep what they read in place.
 
 Saved into the chat model directory, beside what the earlier stages wrote (left as is)::
 
