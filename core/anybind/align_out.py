@@ -217,7 +217,7 @@ class _Objective(nn.Module):
                     item["cond"] = cond_of[e.caption]
                     item["context"] = out.last_hidden_state[row, offset:].float().cpu()  # everything before [IMG0]
                 self.cache[index] = item
-        self.bank = torch.stack(list(cond_of.values())) if len(cond_of) > 1 else None
+        self.bank = torch.stack(list(cond_of.values()))  # conditioning_loss skips a bank of one
         drawn = [it for it in self.cache.values() if "kv" in it]
         self.gen.calibrate(torch.cat([self._image_states(drawn[i:i + 32]).cpu() for i in range(0, len(drawn), 32)]),
                            torch.cat([it["context"] for it in drawn]))

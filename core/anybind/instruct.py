@@ -203,7 +203,7 @@ class _Tuner(nn.Module):
         self.projectors = nn.ModuleDict(chat.projectors)
         self.gen = chat.image_output
         self.cond_of = cond_of
-        self.bank = torch.stack(list(cond_of.values())) if len(cond_of) > 1 else None
+        self.bank = torch.stack(list(cond_of.values())) if cond_of else None  # none: the model does not draw
         self.settings = settings
 
     def forward(self, batch: list[Dialogue]) -> tuple[torch.Tensor, dict]:

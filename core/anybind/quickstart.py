@@ -61,6 +61,8 @@ class Quickstart:
     decoder_options: tuple[str, ...] = ()  # extra `anybind train decoder` options, e.g. ("--set", "vae_steps=50")
     record: dict = field(default_factory=dict)
     _job: subprocess.Popen | None = field(default=None, repr=False)
+    _job_began: float = field(default=0.0, repr=False)
+    _threads: int | None = field(default=None, repr=False)  # the stages' threads before the background job
 
     @property
     def world(self) -> Path:
@@ -129,13 +131,13 @@ class Quickstart:
 
     def _take_back_cores(self) -> None:
         """Once the background decoder has ended, the stages get every core again."""
-        if self._job is not None and self._job.poll() is not None and hasattr(self, "_threads"):
+        if self._job is not None and self._job.poll() is not None and self._threads is not None:
             import torch
 
             from anybind.trainer import STEP_HOOKS
 
             torch.set_num_threads(self._threads)
-            del self._threads
+            self._threads = None
             if self._take_back_cores in STEP_HOOKS:
                 STEP_HOOKS.remove(self._take_back_cores)
 
