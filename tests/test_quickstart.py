@@ -53,3 +53,23 @@ def test_an_interrupted_quickstart_stops_its_background_decoder(small_world, tmp
     run.stop_decoder()
     assert job.poll() is not None and run._job is None and run._take_back_cores not in STEP_HOOKS
     json.dumps(run.record)  # nothing unserialisable was left in the record
+
+
+def test_the_backbone_loads_in_the_background_unless_align_in_is_done(tmp_path, tiny_lm):
+    run = Quickstart(tmp_path / "quickstart", backbone=f"hf:{tiny_lm}", progress=False)
+    run.warm_backbone()
+    job = run._warm
+    assert job is not None
+    run.join_backbone()
+    assert job.returncode == 0 and run._warm is None
+    # A backbone that cannot load: align-in's own load reports it; the warm-up only logs it.
+    broken = Quickstart(tmp_path / "broken", backbone="no-such-backbone", progress=False)
+    broken.warm_backbone()
+    failed = broken._warm
+    broken.join_backbone()
+    assert failed.returncode != 0 and "no-such-backbone" in (broken.out / "backbone.log").read_text()
+    done = run.chat / "projectors" / "image" / "training.json"
+    done.parent.mkdir(parents=True)
+    done.write_text("{}")
+    run.warm_backbone()
+    assert run._warm is None  # align-in is done: nothing to load ahead

@@ -5,7 +5,9 @@
 The decoder trains in a background process (one thread) beside bind and align-in, which
 use the other core meanwhile: its small convolutions gain little from a second thread, so
 the two together finish sooner than one after the other. align-out, the first stage that
-needs the decoder, waits for it.
+needs the decoder, waits for it. While the world is built (which leaves a core mostly idle)
+another background process loads the LM backbone once, so that a backbone which converts
+its weights on first use (SmolLM2 from its GGUF) is ready in the cache when align-in starts.
 
 Everything goes under one folder (default ``runs/quickstart``)::
 
@@ -62,6 +64,8 @@ class Quickstart:
     record: dict = field(default_factory=dict)
     _job: subprocess.Popen | None = field(default=None, repr=False)
     _job_began: float = field(default=0.0, repr=False)
+    _job_ended: float | None = field(default=None, repr=False)
+    _warm: subprocess.Popen | None = field(default=None, repr=False)  # the backbone's first load
     _threads: int | None = field(default=None, repr=False)  # the stages' threads before the background job
 
     @property
@@ -85,6 +89,7 @@ class Quickstart:
     def stage_world(self):
         from anybind.world import build_world
 
+        self.warm_backbone()
         if (self.world / "manifest.jsonl").is_file():
             return False, "already built"
         build_world(self.world)
@@ -131,6 +136,8 @@ class Quickstart:
 
     def _take_back_cores(self) -> None:
         """Once the background decoder has ended, the stages get every core again."""
+        if self._job is not None and self._job.poll() is not None and self._job_ended is None:
+            self._job_ended = time.time()
         if self._job is not None and self._job.poll() is not None and self._threads is not None:
             import torch
 
@@ -155,7 +162,7 @@ class Quickstart:
                 bar.update(1)
         self._take_back_cores()
         self._job = None
-        seconds = time.time() - self._job_began
+        seconds = (self._job_ended or time.time()) - self._job_began
         if job.returncode != 0:
             tail = self.decoder_log.read_text(errors="replace").replace("\r", "\n").strip().splitlines()[-5:]
             raise AnybindError(f"decoder training failed (exit {job.returncode}); the end of {self.decoder_log}:\n  "
@@ -175,9 +182,28 @@ class Quickstart:
         self._take_back_cores()
         self._job = None
 
+    def warm_backbone(self) -> None:
+        """Load the backbone once in a background process (one thread), unless align-in is done:
+        a backbone that converts its weights on first use then finds them cached."""
+        if self._warm is not None or (self.chat / "projectors" / "image" / "training.json").is_file():
+            return
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "backbone.log", "ab") as log:
+            self._warm = subprocess.Popen(
+                [sys.executable, "-c", "import sys; from anybind.lm import load_backbone; load_backbone(sys.argv[1])",
+                 self.backbone], stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def join_backbone(self) -> None:
+        """Wait for the background load; if it failed, align-in's own load reports why."""
+        if self._warm is not None:
+            self._warm.wait()
+            self._warm = None
+
     def stage_align_in(self):
         from anybind.align import AlignSettings, train_align_in
 
+        self.join_backbone()
         r = train_align_in(self.world, self.bind, self.chat, backbone=self.backbone,
                            settings=AlignSettings(progress=self.progress))
         return not r.get("skipped"), "already trained" if r.get("skipped") else f"{r['steps']} steps"
@@ -278,6 +304,9 @@ class Quickstart:
                 write_json_atomic(metrics_path, self.record)
         finally:
             self.stop_decoder()
+            if self._warm is not None and self._warm.poll() is None:
+                self._warm.terminate()
+            self._warm = None
         origin = self.started_at or began
         if "first_image_at" in self.record:
             self.record["first_interleaved_answer_seconds"] = round(self.record.pop("first_image_at") - origin, 1)
