@@ -430,7 +430,7 @@ def train_align_in_command(manifest, bound, out, backbone, modalities, steps, ba
               help="Chat model directory (anybind train align-in); the image output is added to it.")
 @click.option("--decoder", default=DEFAULT_DECODER, show_default=True,
               help="Decoder to draw with: a directory (anybind train decoder) or sd:PATH.")
-@click.option("--steps", type=int, default=300, show_default=True)
+@click.option("--steps", type=int, default=150, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--tokens", type=int, default=4, show_default=True, help="Generative tokens [IMG0]..[IMG{k-1}].")
