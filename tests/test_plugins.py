@@ -171,3 +171,23 @@ def test_light_commands_do_not_import_torch(argv):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "HEAVY []" in proc.stderr
+
+
+@pytest.mark.parametrize("command, settings", [
+    ("align-in", "anybind.align:AlignSettings"),
+    ("align-out", "anybind.align_out:AlignOutSettings"),
+    ("instruct", "anybind.instruct:InstructSettings"),
+])
+def test_train_command_defaults_are_the_settings_defaults(command, settings):
+    """The CLI spells its defaults out (so --help shows them); they must be the Python API's too."""
+    import dataclasses
+    import importlib
+
+    from anybind.cli import cli
+
+    module, name = settings.split(":")
+    fields = {f.name: f.default for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    params = cli.commands["train"].commands[command].params
+    checked = {p.name: p.default for p in params if p.name in fields and p.default is not None}
+    assert {"steps", "batch_size", "lr"} <= set(checked)
+    assert checked == {k: fields[k] for k in checked}
