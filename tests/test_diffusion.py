@@ -106,6 +106,7 @@ def test_align_out_trains_the_image_tokens(drawing_chat):
     assert record["conversations"] > 100 and record["captions"] > 5
     steps = [json.loads(l) for l in (drawing_chat / "metrics.jsonl").read_text().splitlines()
              if json.loads(l).get("stage") == "align-out"]
+    assert all(s["ce_img"] > 0 for s in steps)  # every step's drawings teach [IMG0]
     assert steps[-1]["ce_img"] < steps[0]["ce_img"] - 1.0  # learns where [IMG0] belongs
     assert steps[-1]["mse"] < steps[0]["mse"]  # and what the decoder's conditioning is
     model = anybind.load(drawing_chat)
@@ -183,6 +184,21 @@ def test_images_may_start_only_at_the_answer_start_or_after_a_sentence(tiny_lm):
     ids = backbone.tokenizer("It is the digit seven. Which digit?", add_special_tokens=False)["input_ids"]
     marked = [backbone.tokenizer.decode([i]) for i in ids if ends[i]]
     assert [m.strip() for m in marked] == [".", "?"] or [m.strip()[-1] for m in marked] == [".", "?"]
+
+
+def test_text_before_an_image_ends_where_the_image_may_start(tiny_lm):
+    from anybind.align_out import text_before_image
+    from anybind.imageout import sentence_boundaries
+    from anybind.lm import load_backbone
+
+    backbone = load_backbone(f"hf:{tiny_lm}")
+    tokenizer = backbone.tokenizer
+    ends = sentence_boundaries(tokenizer, backbone.vocab_size)
+    written = tokenizer("Here it is.", add_special_tokens=False)["input_ids"]
+    assert text_before_image(tokenizer, "Here it is.", ends) == written  # already ends a sentence
+    cut = text_before_image(tokenizer, "an answer cut off mid", ends)  # the LM's own, truncated
+    assert cut and ends[cut[-1]] and tokenizer.decode(cut).rstrip().endswith(".")
+    assert text_before_image(tokenizer, "", ends) == []  # the image first
 
 
 def test_a_silent_img_token_leaves_text_generation_unchanged(drawing_chat):

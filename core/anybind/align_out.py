@@ -172,6 +172,18 @@ def own_answers(chat: ChatModel, questions: list[str], max_new_tokens: int, prog
     return answers
 
 
+def text_before_image(tokenizer, text: str, boundaries: torch.Tensor) -> list[int]:
+    """Token ids of ``text`` ending where ``[IMG0]`` may start (a sentence end, see
+    :func:`anybind.imageout.sentence_boundaries`): as written, else with a full stop added,
+    else none (the image comes first). An example whose image follows anything else would
+    teach ``[IMG0]`` nothing: the decode loop never lets it compete there."""
+    for candidate in (text, text.rstrip() + "."):
+        ids = _tokenize(tokenizer, candidate)
+        if not ids or boundaries[min(ids[-1], len(boundaries) - 1)]:
+            return ids
+    return []
+
+
 def _mean(values: torch.Tensor) -> torch.Tensor:
     return values.mean() if values.numel() else values.sum()
 
@@ -318,7 +330,7 @@ def _examples(chat: ChatModel, manifest: Manifest, conversations, vocab: int, bo
         else:  # text before the image (maybe none), then [IMG0]
             encoded = encode(tokenizer, turns, chat.soft_tokens)
             start = len(encoded.ids)
-            encoded = Encoded(encoded.ids + _tokenize(tokenizer, text), encoded.slots, start)
+            encoded = Encoded(encoded.ids + text_before_image(tokenizer, text, boundaries), encoded.slots, start)
             targets = [(p - 1, encoded.ids[p]) for p in range(start, len(encoded.ids))] + [(len(encoded.ids) - 1, vocab)]
         # Only where [IMG0] may compete at all: the answer's first token and after sentence ends.
         first = targets[0][0]
