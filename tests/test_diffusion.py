@@ -201,6 +201,25 @@ def test_text_before_an_image_ends_where_the_image_may_start(tiny_lm):
     assert text_before_image(tokenizer, "", ends) == []  # the image first
 
 
+def test_the_lms_own_answers_answer_a_repeated_question_once(drawing_chat, monkeypatch):
+    import anybind.generation
+    from anybind.align_out import own_answers
+
+    chat = ChatModel.from_pretrained(drawing_chat)
+    rows = []
+    real = anybind.generation.decode
+
+    def counting(model, embeds, *args, **kwargs):
+        rows.append(len(embeds))
+        return real(model, embeds, *args, **kwargs)
+
+    monkeypatch.setattr(anybind.generation, "decode", counting)
+    got = own_answers(chat, ["Say hi.", "Name a colour.", "Say hi.", "Say hi."], 6)
+    assert sum(rows) == 2  # two distinct questions decoded
+    assert len(got) == 4 and got[0] == got[2] == got[3]
+    assert got[1] == own_answers(chat, ["Name a colour."], 6)[0]
+
+
 def test_a_silent_img_token_leaves_text_generation_unchanged(drawing_chat):
     model = anybind.load(drawing_chat)
     model.image_output.set_logit_offset(-1e4)

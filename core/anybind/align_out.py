@@ -153,23 +153,26 @@ def first_sentence(text: str) -> str:
 
 @torch.no_grad()
 def own_answers(chat: ChatModel, questions: list[str], max_new_tokens: int, progress: bool = False) -> list[str]:
-    """The frozen LM's greedy answers (text only), decoded in batches."""
+    """The frozen LM's greedy answers (text only), decoded in batches; a question asked more
+    than once (templates repeat) is answered once."""
     from tqdm.auto import tqdm
 
     from anybind.generation import SamplingOptions, decode
 
     tokenizer, stop = chat.backbone.tokenizer, set(chat.backbone.stop_ids)
+    distinct = list(dict.fromkeys(questions))
     answers = []
-    for start in tqdm(range(0, len(questions), NO_GRAD_BATCH), desc="align-out: the LM's own answers", unit="batch",
+    for start in tqdm(range(0, len(distinct), NO_GRAD_BATCH), desc="align-out: the LM's own answers", unit="batch",
                       disable=not progress, leave=False):
-        chunk = questions[start:start + NO_GRAD_BATCH]
+        chunk = distinct[start:start + NO_GRAD_BATCH]
         encodings = [encode(tokenizer, chat.conversation(q), chat.soft_tokens) for q in chunk]
         embeds, mask = input_embeddings(chat.backbone, encodings, [None] * len(chunk), pad_left=True)
         steps = list(decode(chat.backbone.model, embeds, mask, SamplingOptions(max_new_tokens), chat.backbone.stop_ids))
         for row in (torch.stack(steps, 1).tolist() if steps else [[] for _ in chunk]):
             cut = next((i for i, t in enumerate(row) if t in stop), len(row))
             answers.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
-    return answers
+    answer_of = dict(zip(distinct, answers))
+    return [answer_of[q] for q in questions]
 
 
 def text_before_image(tokenizer, text: str, boundaries: torch.Tensor) -> list[int]:
