@@ -12,7 +12,6 @@ projector then reads audio, video and point clouds (emergent any-to-text);
 
 from __future__ import annotations
 
-import copy
 import random
 import shutil
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 
 from anybind.bind import BindSettings, load_samples
 from anybind.chat import CHAT_FORMAT, write_chat_config
-from anybind.conversation import Attachment, Encoded, Turn, encode, input_embeddings
+from anybind.conversation import Attachment, PrefixCache, Turn, encode, input_embeddings, split_prefix
 from anybind.errors import AnybindError, InputError
 from anybind.lm import Backbone, load_backbone
 from anybind.model import Tower
@@ -86,35 +85,18 @@ class _Aligner(torch.nn.Module):
         super().__init__()
         self.projector = projector
         self.backbone = backbone  # a plain attribute: frozen, not a submodule, never saved
-        self._prefix: tuple[list[int], object] | None = None
-
-    def _prefix_cache(self, ids: list[int], batch: int):
-        """KV cache of the template text every example starts with (system prompt, turn header),
-        computed once: it does not depend on the attachment, so it needs no gradient."""
-        if self._prefix is None or self._prefix[0] != ids:
-            with torch.no_grad():
-                out = self.backbone.model.base_model(input_ids=torch.tensor([ids], device=self.backbone.device), use_cache=True)
-            self._prefix = (ids, out.past_key_values)
-        cache = copy.deepcopy(self._prefix[1])
-        cache.batch_repeat_interleave(batch)
-        return cache
+        self._prefix: PrefixCache | None = None
 
     def forward(self, embeddings: torch.Tensor, encodings: list) -> torch.Tensor:
         soft = self.projector(embeddings)  # (B, k, H)
-        # Split off the shared prefix (everything before the first attachment).
-        cut = min(e.slots[0][0] for e in encodings)
-        prefix = encodings[0].ids[:cut]
-        if any(e.ids[:cut] != prefix for e in encodings):
-            cut, prefix = 0, []
-        tails = [Encoded(e.ids[cut:], [(p - cut, a) for p, a in e.slots], e.answer_start - cut) for e in encodings]
+        # The template text every example starts with (system prompt, turn header) does not
+        # depend on the attachment: its KV is computed once, without gradient.
+        prefix, tails = split_prefix(encodings)
+        if self._prefix is None or self._prefix.ids != prefix:
+            self._prefix = PrefixCache(self.backbone, prefix)
         embeds, mask = input_embeddings(self.backbone, tails, [soft[i : i + 1] for i in range(len(tails))], pad_left=False)
         model = self.backbone.model
-        kwargs = {}
-        if cut:
-            mask = torch.cat([mask.new_ones(len(tails), cut), mask], dim=1)
-            positions = torch.arange(cut, cut + embeds.shape[1], device=embeds.device).expand(len(tails), -1)
-            kwargs = {"past_key_values": self._prefix_cache(prefix, len(tails)), "position_ids": positions, "use_cache": True}
-        hidden = model.base_model(inputs_embeds=embeds, attention_mask=mask, **kwargs).last_hidden_state  # (B, T, H)
+        hidden = self._prefix.forward(embeds, mask).last_hidden_state  # (B, T, H)
         rows, positions, targets = [], [], []
         for row, e in enumerate(tails):
             for position in range(e.answer_start, len(e.ids)):

@@ -32,7 +32,7 @@ from torch import nn
 
 from anybind.align import sentence
 from anybind.chat import ChatModel, read_chat_config
-from anybind.conversation import Encoded, Turn, _tokenize, encode, input_embeddings
+from anybind.conversation import Encoded, PrefixCache, Turn, _tokenize, encode, input_embeddings, split_prefix
 from anybind.errors import AnybindError, InputError
 from anybind.imageout import ImageOutput, ImageOutputConfig, conditioning_loss, pad_contexts
 from anybind.persistence import CONFIG_NAME, read_config, write_json_atomic
@@ -161,13 +161,16 @@ def own_answers(chat: ChatModel, questions: list[str], max_new_tokens: int, prog
 
     tokenizer, stop = chat.backbone.tokenizer, set(chat.backbone.stop_ids)
     distinct = list(dict.fromkeys(questions))
+    encodings = [encode(tokenizer, chat.conversation(q), chat.soft_tokens) for q in distinct]
+    shared, tails = split_prefix(encodings) if encodings else ([], [])
+    prefix = PrefixCache(chat.backbone, shared)  # the system prompt, run once
     answers = []
     for start in tqdm(range(0, len(distinct), NO_GRAD_BATCH), desc="align-out: the LM's own answers", unit="batch",
                       disable=not progress, leave=False):
-        chunk = distinct[start:start + NO_GRAD_BATCH]
-        encodings = [encode(tokenizer, chat.conversation(q), chat.soft_tokens) for q in chunk]
-        embeds, mask = input_embeddings(chat.backbone, encodings, [None] * len(chunk), pad_left=True)
-        steps = list(decode(chat.backbone.model, embeds, mask, SamplingOptions(max_new_tokens), chat.backbone.stop_ids))
+        chunk = tails[start:start + NO_GRAD_BATCH]
+        embeds, mask = input_embeddings(chat.backbone, chunk, [None] * len(chunk), pad_left=True)
+        steps = list(decode(chat.backbone.model, embeds, mask, SamplingOptions(max_new_tokens), chat.backbone.stop_ids,
+                            prefix=prefix))
         for row in (torch.stack(steps, 1).tolist() if steps else [[] for _ in chunk]):
             cut = next((i for i, t in enumerate(row) if t in stop), len(row))
             answers.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
@@ -214,18 +217,21 @@ class _Objective(nn.Module):
         model = self.backbone.model
         vocab = self.backbone.vocab_size
         head = model.get_output_embeddings()
+        # The template's opening (system prompt, first turn header) is the same in every
+        # example: run once, its keys and states are put back in front of each row's own.
+        shared, tails = split_prefix([e.encoded for e in examples])
+        prefix, n = PrefixCache(self.backbone, shared), len(shared)
         order = sorted(range(len(examples)), key=lambda i: len(examples[i].encoded.ids))
         for start in tqdm(range(0, len(order), NO_GRAD_BATCH), desc="align-out: frozen LM pass", unit="batch",
                           disable=not progress, leave=False):
             chunk = order[start:start + NO_GRAD_BATCH]
             batch = [examples[i] for i in chunk]
-            embeds, mask = input_embeddings(self.backbone, [e.encoded for e in batch], [e.soft for e in batch], pad_left=True)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+            embeds, mask = input_embeddings(self.backbone, [tails[i] for i in chunk], [e.soft for e in batch], pad_left=True)
+            out = prefix.forward(embeds, mask)
             width = embeds.shape[1]
             for row, (index, e) in enumerate(zip(chunk, batch)):
-                offset = width - len(e.encoded.ids)
-                where = torch.tensor([offset + p for p, _ in e.targets])
+                offset = width - len(tails[index].ids)  # the row's first position in the tail part
+                where = torch.tensor([offset + p - n for p, _ in e.targets])
                 hidden = out.last_hidden_state[row, where].float()
                 logits = head(hidden.to(head.weight.dtype)).float()
                 ids = torch.tensor([t for _, t in e.targets])
@@ -235,11 +241,12 @@ class _Objective(nn.Module):
                 first[0] = True  # the answer's first token: where "draw now?" is decided
                 item = {"hidden": hidden.cpu(), "lse": logits.logsumexp(-1).cpu(), "target": target.cpu(),
                         "image": is_image, "first": first}
-                if e.caption is not None:
-                    item["kv"] = [(layer.keys[row, :, offset:].clone(), layer.values[row, :, offset:].clone())
+                if e.caption is not None:  # the prefix's keys, values and states, then the row's own
+                    item["kv"] = [(torch.cat([layer.keys[row, :, :n], layer.keys[row, :, n + offset:]], dim=1),
+                                   torch.cat([layer.values[row, :, :n], layer.values[row, :, n + offset:]], dim=1))
                                   for layer in out.past_key_values.layers]
                     item["cond"] = cond_of[e.caption]
-                    item["context"] = out.last_hidden_state[row, offset:].float().cpu()  # everything before [IMG0]
+                    item["context"] = torch.cat([prefix.hidden, out.last_hidden_state[row, offset:]]).float().cpu()  # everything before [IMG0]
                 self.cache[index] = item
         self.bank = torch.stack(list(cond_of.values()))  # conditioning_loss skips a bank of one
         drawn = [it for it in self.cache.values() if "kv" in it]

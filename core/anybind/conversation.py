@@ -13,6 +13,7 @@ message are always kept). If the newest message alone is too long, that is an er
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,6 +141,45 @@ def input_embeddings(backbone, batch: list[Encoded], soft: list[torch.Tensor | N
             for (start, _), tokens in zip(e.slots, soft[row] if e.slots else ()):
                 embeds[row, offsets[row] + start : offsets[row] + start + len(tokens)] = tokens.to(embeds.dtype)
     return embeds, mask.to(backbone.device)
+
+
+def split_prefix(batch: list[Encoded]) -> tuple[list[int], list[Encoded]]:
+    """The ids every encoding starts with (the system prompt and the first turn's header, in
+    practice), stopping before any attachment and leaving each at least one id; and each
+    encoding after them, its positions shifted."""
+    limit = min(min([len(e.ids) - 1] + [start for start, _ in e.slots]) for e in batch)
+    first, cut = batch[0].ids, 0
+    while cut < limit and all(e.ids[cut] == first[cut] for e in batch):
+        cut += 1
+    tails = [Encoded(e.ids[cut:], [(p - cut, a) for p, a in e.slots],
+                     None if e.answer_start is None else e.answer_start - cut) for e in batch]
+    return first[:cut], tails
+
+
+class PrefixCache:
+    """The frozen LM's KV cache and final hidden states of a prefix many rows share, computed
+    once without gradient (it holds no attachment); rows then run only their own tails."""
+
+    def __init__(self, backbone, ids: list[int]):
+        self.backbone, self.ids = backbone, list(ids)
+        self.kv, self.hidden = None, torch.zeros(0, backbone.hidden_size, device=backbone.device)
+        if self.ids:
+            with torch.no_grad():
+                out = backbone.model.base_model(input_ids=torch.tensor([self.ids], device=backbone.device), use_cache=True)
+            self.kv, self.hidden = out.past_key_values, out.last_hidden_state[0]
+
+    def forward(self, embeds: torch.Tensor, mask: torch.Tensor):
+        """Run the LM's base model over ``(B, T, H)`` tail embeddings (padded either side, as
+        ``mask`` says) after the prefix; its cache holds the prefix's keys first."""
+        n, rows = len(self.ids), len(mask)
+        past = None
+        if n:
+            past = copy.deepcopy(self.kv)
+            past.batch_repeat_interleave(rows)
+        positions = n + (mask.cumsum(-1) - 1).clamp(min=0)
+        full = torch.cat([mask.new_ones(rows, n), mask], dim=1)
+        return self.backbone.model.base_model(inputs_embeds=embeds, attention_mask=full, position_ids=positions,
+                                              past_key_values=past, use_cache=True)
 
 
 def describe(attachment: Attachment) -> str:

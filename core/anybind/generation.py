@@ -84,6 +84,7 @@ def decode(
     gen=None,
     max_images: int = 4,
     boundaries: torch.Tensor | None = None,
+    prefix=None,
 ) -> Iterator:
     """Yield the next token of every row, (B,), until each row has stopped or ``max_new_tokens``.
 
@@ -99,18 +100,30 @@ def decode(
     is part-way through an image finishes it even past ``max_new_tokens``. ``boundaries``
     (bool over the vocabulary) restricts ``[IMG0]`` to the first step and to steps after a
     token marked True (a sentence end).
+
+    ``prefix`` (an :class:`anybind.conversation.PrefixCache`, text only) holds ids every row
+    starts with, already run: the rows' embeddings and mask then cover what follows them.
     """
     generator = None
     if options.seed is not None:
         generator = torch.Generator(device=inputs_embeds.device).manual_seed(options.seed)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     rows = len(attention_mask)
     device = inputs_embeds.device
-    if gen is None:
+    if prefix is not None and prefix.ids:
+        if gen is not None:
+            raise ValueError("decode: a prefix cache is for text-only decoding")
+        out = prefix.forward(inputs_embeds, attention_mask)
+        attention_mask = torch.cat([attention_mask.new_ones(rows, len(prefix.ids)), attention_mask], dim=1)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        head = model.get_output_embeddings()
+        logits, hidden, past = head(out.last_hidden_state[:, -1]), None, out.past_key_values
+    elif gen is None:
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                     use_cache=True, logits_to_keep=1)
         logits, hidden, past = out.logits[:, -1, :], None, out.past_key_values
     else:
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         base, head, table = model.base_model, model.get_output_embeddings(), model.get_input_embeddings()
         k = gen.tokens
 
