@@ -162,7 +162,7 @@ def own_answers(chat: ChatModel, questions: list[str], max_new_tokens: int, prog
     tokenizer, stop = chat.backbone.tokenizer, set(chat.backbone.stop_ids)
     distinct = list(dict.fromkeys(questions))
     encodings = [encode(tokenizer, chat.conversation(q), chat.soft_tokens) for q in distinct]
-    shared, tails = split_prefix(encodings) if encodings else ([], [])
+    shared, tails = split_prefix(encodings)
     prefix = PrefixCache(chat.backbone, shared)  # the system prompt, run once
     answers = []
     for start in tqdm(range(0, len(distinct), NO_GRAD_BATCH), desc="align-out: the LM's own answers", unit="batch",

@@ -147,6 +147,8 @@ def split_prefix(batch: list[Encoded]) -> tuple[list[int], list[Encoded]]:
     """The ids every encoding starts with (the system prompt and the first turn's header, in
     practice), stopping before any attachment and leaving each at least one id; and each
     encoding after them, its positions shifted."""
+    if not batch:
+        return [], []
     limit = min(min([len(e.ids) - 1] + [start for start, _ in e.slots]) for e in batch)
     first, cut = batch[0].ids, 0
     while cut < limit and all(e.ids[cut] == first[cut] for e in batch):

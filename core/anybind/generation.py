@@ -109,21 +109,21 @@ def decode(
         generator = torch.Generator(device=inputs_embeds.device).manual_seed(options.seed)
     rows = len(attention_mask)
     device = inputs_embeds.device
-    if prefix is not None and prefix.ids:
-        if gen is not None:
-            raise ValueError("decode: a prefix cache is for text-only decoding")
-        out = prefix.forward(inputs_embeds, attention_mask)
+    prefixed = prefix is not None and bool(prefix.ids)
+    if prefixed and gen is not None:
+        raise ValueError("decode: a prefix cache is for text-only decoding")
+    tail_mask = attention_mask
+    if prefixed:
         attention_mask = torch.cat([attention_mask.new_ones(rows, len(prefix.ids)), attention_mask], dim=1)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        head = model.get_output_embeddings()
-        logits, hidden, past = head(out.last_hidden_state[:, -1]), None, out.past_key_values
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    if prefixed:
+        out = prefix.forward(inputs_embeds, tail_mask)
+        logits, hidden, past = model.get_output_embeddings()(out.last_hidden_state[:, -1]), None, out.past_key_values
     elif gen is None:
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                     use_cache=True, logits_to_keep=1)
         logits, hidden, past = out.logits[:, -1, :], None, out.past_key_values
     else:
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         base, head, table = model.base_model, model.get_output_embeddings(), model.get_input_embeddings()
         k = gen.tokens
 

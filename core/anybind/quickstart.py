@@ -136,9 +136,11 @@ class Quickstart:
 
     def _take_back_cores(self) -> None:
         """Once the background decoder has ended, the stages get every core again."""
-        if self._job is not None and self._job.poll() is not None and self._job_ended is None:
+        if self._job is None or self._job.poll() is None:
+            return
+        if self._job_ended is None:
             self._job_ended = time.time()
-        if self._job is not None and self._job.poll() is not None and self._threads is not None:
+        if self._threads is not None:
             import torch
 
             from anybind.trainer import STEP_HOOKS
