@@ -28,6 +28,7 @@ quickstart: $(STAMP)
 	$(BIN)/anybind quickstart --out runs/quickstart --started-at $(STARTED)
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 setup: $(STAMP)

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import anybind
-from anybind.bind import BindSettings, train_bind
-from anybind.evaluate import evaluate_bind
-from anybind.world import build_world
+from anybind.training.bind import BindSettings, train_bind
+from anybind.eval import evaluate_bind
+from anybind.data.world import build_world
 
 TARGET_SECONDS = 240
 

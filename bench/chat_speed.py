@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 import anybind
-from anybind.conversation import encode, input_embeddings
-from anybind.generation import SamplingOptions, decode
-from anybind.world import read_manifest
+from anybind.chat.conversation import encode, input_embeddings
+from anybind.chat.decode import decode_text as decode
+from anybind.chat.events import SamplingOptions
+from anybind.data import read_manifest
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", default="runs/chat")

@@ -24,7 +24,7 @@ parser.add_argument("--batch", type=int, default=4)
 parser.add_argument("--repeats", type=int, default=10)
 args = parser.parse_args()
 
-from anybind.decoders import load_decoder  # noqa: E402
+from anybind.models.decoders import load_decoder  # noqa: E402
 
 decoder = load_decoder(args.decoder)
 pipeline = decoder.pipeline

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import anybind
 from anybind.chat import ChatSession
-from anybind.generation import SamplingOptions
-from anybind.world import read_manifest
+from anybind.chat.events import SamplingOptions
+from anybind.data import read_manifest
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--run", type=Path, default=Path("runs/quickstart"), help="folder with world/ and chat/")

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 import anybind
-from anybind.generation import SamplingOptions
-from anybind.render import HtmlRenderer, TerminalRenderer
+from anybind.chat.events import SamplingOptions
+from anybind.chat.render import HtmlRenderer, TerminalRenderer
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("prompt", nargs="?", default="Write one sentence about the number four, then draw it.")
@@ -29,7 +29,7 @@ parser.add_argument("--seed", type=int, default=0, help="seed for the images")
 args = parser.parse_args()
 
 model = anybind.load(args.run / "chat")
-if not model.can_draw:
+if not model.outputs:
     sys.exit(f"{args.run / 'chat'} cannot draw: train its [IMG] tokens first (anybind train align-out --model {args.run / 'chat'})")
 
 page = io.StringIO()

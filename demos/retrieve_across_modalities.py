@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import anybind
-from anybind.world import read_manifest
+from anybind.data import read_manifest
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--run", type=Path, default=Path("runs/quickstart"), help="folder with world/ and bind/")

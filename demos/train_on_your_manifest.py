@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 import anybind
-from anybind.evaluate import evaluate_bind
-from anybind.world import read_manifest
+from anybind.eval import evaluate_bind
+from anybind.data import read_manifest
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--run", type=Path, default=Path("runs/quickstart"), help="folder with world/ (your files come from it) and bind/")

@@ -52,7 +52,7 @@ def build_tiny_causal_lm(path: Path, max_positions: int = 256) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from anybind.world import CAPTION_TEMPLATES, DIGIT_WORDS
+    from anybind.data.world import CAPTION_TEMPLATES, DIGIT_WORDS
 
     corpus = [t.format(word=w, digit=i) for i, w in enumerate(DIGIT_WORDS) for t in CAPTION_TEMPLATES]
     corpus += ["Which digit is this? It is the digit seven.", "What is spoken here? Describe this attachment.",

@@ -6,8 +6,8 @@ import pytest
 
 import anybind
 from anybind.errors import InputError
-from anybind.evaluate import evaluate_bind
-from anybind.world import read_manifest
+from anybind.eval import evaluate_bind
+from anybind.data import read_manifest
 from anybind_image.encoder import load_image
 from conftest import run_cli
 
@@ -117,8 +117,8 @@ def test_manifest_errors_name_file_and_line(tmp_path):
 
 
 def test_an_interrupted_bind_resumes_from_its_last_checkpoint(world, tmp_path, monkeypatch):
-    from anybind.bind import BindSettings, train_bind
-    from anybind.losses import BindLoss
+    from anybind.training.bind import BindSettings, train_bind
+    from anybind.models.losses import BindLoss
 
     calls = {"n": 0}
     real_forward = BindLoss.forward

@@ -7,11 +7,12 @@ import torch
 
 import anybind
 from anybind.chat import ChatModel, ChatSession
-from anybind.conversation import Attachment, ContextOverflow, Turn, encode, input_embeddings
+from anybind.chat.conversation import Attachment, ContextOverflow, Turn, encode, input_embeddings
 from anybind.errors import CheckpointError
-from anybind.generation import DoneEvent, NoticeEvent, SamplingOptions, TextEvent, TextStream, decode
-from anybind.lm import load_backbone
-from anybind.world import read_manifest
+from anybind.chat.decode import decode_text as decode
+from anybind.chat.events import DoneEvent, NoticeEvent, SamplingOptions, TextEvent, TextStream
+from anybind.models.backbone import load_backbone
+from anybind.data import read_manifest
 from conftest import run_cli
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from anybind.world import read_manifest
+from anybind.data import read_manifest
 from conftest import REPO
 from test_diffusion import _always_draws
 

@@ -15,10 +15,12 @@ import torch
 from PIL import Image
 
 import anybind
-from anybind.chat import ChatModel, ChatSession, ImageStates
-from anybind.conversation import encode, input_embeddings
-from anybind.decoders import load_decoder
-from anybind.generation import ImageEvent, SamplingOptions, TextEvent, decode
+from anybind.chat import ChatModel, ChatSession
+from anybind.chat.conversation import encode, input_embeddings
+from anybind.models.decoders import load_decoder
+from anybind.chat.decode import decode_text, decode_with_outputs
+from anybind.chat.events import OutputEvent, SamplingOptions, TextEvent
+from anybind.chat.outputs import OutputStates, OutputVocab
 from conftest import TINY_DECODER, run_cli
 
 def _always_draws(chat_dir, target):
@@ -27,9 +29,9 @@ def _always_draws(chat_dir, target):
     config = json.loads((chat_dir / "config.json").read_text())
     config["bound"] = os.path.relpath((chat_dir / config["bound"]).resolve(), target.resolve())
     (target / "config.json").write_text(json.dumps(config))
-    from anybind.imageout import ImageOutput
+    from anybind.models.output import GenerativeOutput
 
-    gen = ImageOutput.from_pretrained(target / "image_output")
+    gen = GenerativeOutput.from_pretrained(target / "image_output")
     gen.config.decoder = os.path.relpath((chat_dir / gen.config.decoder).resolve(), target.resolve())
     gen.set_logit_offset(1e4)
     gen.save_pretrained(target / "image_output")
@@ -101,7 +103,7 @@ def test_bad_decoders_and_outputs_fail_clearly(tiny_sd, small_bound, tmp_path):
 
 def test_align_out_trains_the_image_tokens(drawing_chat):
     config = json.loads((drawing_chat / "config.json").read_text())
-    assert config["image_output"] == "image_output"
+    assert config["outputs"] == {"image": "image_output"}
     record = json.loads((drawing_chat / "image_output" / "training.json").read_text())
     assert record["conversations"] > 100 and record["captions"] > 5
     steps = [json.loads(l) for l in (drawing_chat / "metrics.jsonl").read_text().splitlines()
@@ -110,17 +112,20 @@ def test_align_out_trains_the_image_tokens(drawing_chat):
     assert steps[-1]["ce_img"] < steps[0]["ce_img"] - 1.0  # learns where [IMG0] belongs
     assert steps[-1]["mse"] < steps[0]["mse"]  # and what the decoder's conditioning is
     model = anybind.load(drawing_chat)
-    assert model.can_draw and model.image_output.cond_shape == model.decoder.cond_shape
+    assert list(model.outputs) == ["image"] and model.output("image").cond_shape == model.decoder("image").cond_shape
+    assert model.output().token_names() == ["[IMG0]", "[IMG1]", "[IMG2]", "[IMG3]"]
 
 
 def test_img_states_collected_while_decoding_are_those_of_one_forward_pass(drawing_chat, tmp_path):
     model = anybind.load(_always_draws(drawing_chat, tmp_path / "draws"))
-    backbone, gen = model.backbone, model.image_output
+    backbone, gen = model.backbone, model.output("image")
     encoded = encode(backbone.tokenizer, model.conversation("Draw a seven."), model.soft_tokens)
     embeds, mask = input_embeddings(backbone, [encoded], [None], pad_left=True)
-    tracker = ImageStates(gen.tokens, backbone.vocab_size, mask)
+    vocab = OutputVocab([gen], backbone.vocab_size)
+    tracker = OutputStates(vocab, mask)
     done, tokens = [], []
-    for token, hidden in decode(backbone.model, embeds, mask, SamplingOptions(8), backbone.stop_ids, gen=gen, max_images=1):
+    for token, hidden in decode_with_outputs(backbone.model, embeds, mask, SamplingOptions(8), backbone.stop_ids, vocab,
+                                             max_outputs=1):
         tokens.append(int(token[0]))
         done += tracker.push(token, hidden)
     vocab = backbone.vocab_size
@@ -129,24 +134,26 @@ def test_img_states_collected_while_decoding_are_those_of_one_forward_pass(drawi
     with torch.no_grad():
         full = torch.cat([embeds, gen.embed[None].to(embeds.dtype)], dim=1)
         states = backbone.model.base_model(inputs_embeds=full).last_hidden_state[0]
-    assert len(done) == 1 and torch.allclose(done[0][1], states[-gen.tokens:], atol=1e-4)
+    assert len(done) == 1 and done[0][1] == 0 and torch.allclose(done[0][2], states[-gen.tokens:], atol=1e-4)
     # The context the projector reads is every state before [IMG0], as align-out trains on it.
-    assert done[0][2].shape == (len(encoded.ids), backbone.hidden_size)
-    assert torch.allclose(done[0][2], states[:-gen.tokens], atol=1e-4)
+    assert done[0][3].shape == (len(encoded.ids), backbone.hidden_size)
+    assert torch.allclose(done[0][3], states[:-gen.tokens], atol=1e-4)
 
 
 def test_img_context_in_a_left_padded_batch_is_each_rows_own(drawing_chat, tmp_path):
     model = anybind.load(_always_draws(drawing_chat, tmp_path / "draws"))
-    backbone, gen = model.backbone, model.image_output
+    backbone, gen = model.backbone, model.output("image")
     prompts = ["Draw a seven.", "Please draw the number three for me, in a big and clear hand."]
     encodings = [encode(backbone.tokenizer, model.conversation(p), model.soft_tokens) for p in prompts]
     embeds, mask = input_embeddings(backbone, encodings, [None, None], pad_left=True)
-    tracker = ImageStates(gen.tokens, backbone.vocab_size, mask)
+    vocab = OutputVocab([gen], backbone.vocab_size)
+    tracker = OutputStates(vocab, mask)
     done = []
-    for token, hidden in decode(backbone.model, embeds, mask, SamplingOptions(6), backbone.stop_ids, gen=gen, max_images=1):
+    for token, hidden in decode_with_outputs(backbone.model, embeds, mask, SamplingOptions(6), backbone.stop_ids, vocab,
+                                             max_outputs=1):
         done += tracker.push(token, hidden)
-    assert sorted(row for row, _, _ in done) == [0, 1]
-    for row, _, context in done:
+    assert sorted(row for row, _, _, _ in done) == [0, 1]
+    for row, _, _, context in done:
         alone, _ = input_embeddings(backbone, [encodings[row]], [None], pad_left=True)
         with torch.no_grad():
             expected = backbone.model.base_model(inputs_embeds=alone).last_hidden_state[0]
@@ -154,10 +161,11 @@ def test_img_context_in_a_left_padded_batch_is_each_rows_own(drawing_chat, tmp_p
 
 
 def test_the_output_projector_reads_the_context_when_configured():
-    from anybind.imageout import ImageOutput, ImageOutputConfig, pad_contexts
+    from anybind.chat.outputs import pad_contexts
+    from anybind.models.output import GenerativeOutput, GenerativeOutputConfig
 
     torch.manual_seed(0)
-    gen = ImageOutput(ImageOutputConfig(lm_width=8, tokens=2, cond_tokens=3, cond_width=5, width=16, context=True))
+    gen = GenerativeOutput(GenerativeOutputConfig(lm_width=8, tokens=2, cond_tokens=3, cond_width=5, width=16, context=True))
     states = torch.randn(2, 2, 8)
     context, mask = pad_contexts([torch.randn(4, 8), torch.randn(2, 8)])
     assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
@@ -171,13 +179,13 @@ def test_the_output_projector_reads_the_context_when_configured():
     assert torch.allclose(gen(states, padded, mask), out, atol=1e-6)  # ... padding is not
     with pytest.raises(ValueError, match="context"):
         gen(states)
-    plain = ImageOutput(ImageOutputConfig(lm_width=8, tokens=2, cond_tokens=3, cond_width=5, width=16))
+    plain = GenerativeOutput(GenerativeOutputConfig(lm_width=8, tokens=2, cond_tokens=3, cond_width=5, width=16))
     assert plain(states).shape == (2, 3, 5)  # projectors saved before context load and run as they were
 
 
 def test_images_may_start_only_at_the_answer_start_or_after_a_sentence(tiny_lm):
-    from anybind.imageout import sentence_boundaries
-    from anybind.lm import load_backbone
+    from anybind.models.output import sentence_boundaries
+    from anybind.models.backbone import load_backbone
 
     backbone = load_backbone(f"hf:{tiny_lm}")
     ends = sentence_boundaries(backbone.tokenizer, backbone.vocab_size)
@@ -187,9 +195,9 @@ def test_images_may_start_only_at_the_answer_start_or_after_a_sentence(tiny_lm):
 
 
 def test_text_before_an_image_ends_where_the_image_may_start(tiny_lm):
-    from anybind.align_out import text_before_image
-    from anybind.imageout import sentence_boundaries
-    from anybind.lm import load_backbone
+    from anybind.training.align_out import text_before_output as text_before_image
+    from anybind.models.output import sentence_boundaries
+    from anybind.models.backbone import load_backbone
 
     backbone = load_backbone(f"hf:{tiny_lm}")
     tokenizer = backbone.tokenizer
@@ -202,33 +210,33 @@ def test_text_before_an_image_ends_where_the_image_may_start(tiny_lm):
 
 
 def test_the_lms_own_answers_answer_a_repeated_question_once(drawing_chat, monkeypatch):
-    import anybind.generation
-    from anybind.align_out import own_answers
+    import anybind.chat.batch
 
     chat = ChatModel.from_pretrained(drawing_chat)
     rows = []
-    real = anybind.generation.decode
+    real = anybind.chat.batch.decode_text
 
     def counting(model, embeds, *args, **kwargs):
         rows.append(len(embeds))
         return real(model, embeds, *args, **kwargs)
 
-    monkeypatch.setattr(anybind.generation, "decode", counting)
-    got = own_answers(chat, ["Say hi.", "Name a colour.", "Say hi.", "Say hi."], 6)
+    monkeypatch.setattr(anybind.chat.batch, "decode_text", counting)
+    got = chat.own_answers(["Say hi.", "Name a colour.", "Say hi.", "Say hi."], 6)
     assert sum(rows) == 2  # two distinct questions decoded
     assert len(got) == 4 and got[0] == got[2] == got[3]
-    assert got[1] == own_answers(chat, ["Name a colour."], 6)[0]
+    assert got[1] == chat.own_answers(["Name a colour."], 6)[0]
 
 
 def test_a_silent_img_token_leaves_text_generation_unchanged(drawing_chat):
     model = anybind.load(drawing_chat)
-    model.image_output.set_logit_offset(-1e4)
+    model.output("image").set_logit_offset(-1e4)
     backbone = model.backbone
     encoded = encode(backbone.tokenizer, model.conversation("Which digit is this?"), model.soft_tokens)
     embeds, mask = input_embeddings(backbone, [encoded], [None], pad_left=True)
-    plain = [int(t[0]) for t in decode(backbone.model, embeds, mask, SamplingOptions(10), backbone.stop_ids)]
-    with_gen = [int(t[0]) for t, _ in decode(backbone.model, embeds, mask, SamplingOptions(10), backbone.stop_ids,
-                                             gen=model.image_output)]
+    plain = [int(t[0]) for t in decode_text(backbone.model, embeds, mask, SamplingOptions(10), backbone.stop_ids)]
+    vocab = OutputVocab(list(model.outputs.values()), backbone.vocab_size)
+    with_gen = [int(t[0]) for t, _ in decode_with_outputs(backbone.model, embeds, mask, SamplingOptions(10),
+                                                          backbone.stop_ids, vocab)]
     assert plain == with_gen
 
 
@@ -238,7 +246,7 @@ def test_chat_interleaves_images_in_every_format(drawing_chat, tmp_path):
     events = list(model.generate("Draw a seven.", max_new_tokens=6, max_images=1))
     kinds = [e.type for e in events]
     assert kinds[0] == "image" and kinds[-1] == "done" and events[-1].usage["images"] == 1
-    assert isinstance(events[0], ImageEvent) and events[0].image.size == (16, 16)
+    assert isinstance(events[0], OutputEvent) and events[0].image.size == (16, 16)
     assert all(isinstance(e, TextEvent) for e in events[1:-1])
     session = ChatSession(model, SamplingOptions(6), max_images=1)
     list(session.ask("Draw a seven."))

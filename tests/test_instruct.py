@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import anybind
-from anybind.conversation import Attachment, Turn, encode
-from anybind.instruct import Dialogue, encode_dialogue, make_dialogues
-from anybind.world import read_manifest
+from anybind.chat.conversation import Attachment, Turn, encode
+from anybind.training.dialogues import Dialogue, encode_dialogue, make_dialogues
+from anybind.data import read_manifest
 from conftest import run_cli
 
 
@@ -51,37 +51,46 @@ def instructed(drawing_chat, small_world, tmp_path_factory):
 def test_dialogues_cover_every_kind_and_refer_back(small_world):
     manifest = read_manifest(small_world)
     att = {m: [(Attachment(m, f"{m}.x", torch.zeros(4)), label) for label in manifest.labels] for m in ("image", "audio")}
-    dialogues = make_dialogues(manifest, att, 64, seed=0)
-    answers = [[kind for kind, _ in d.answer] for d in dialogues]
-    assert ["text"] in answers and ["image"] in answers and ["text", "image"] in answers and ["own"] in answers
+    from anybind_diffusion.prompts import PROMPTS
+
+    dialogues = make_dialogues(manifest, att, 64, seed=0, outputs={"image": PROMPTS})
+    answers = [[segment[0] for segment in d.answer] for d in dialogues]
+    assert ["text"] in answers and ["output"] in answers and ["text", "output"] in answers and ["own"] in answers
     follow_ups = [d for d in dialogues if len(d.turns) == 3]
     assert follow_ups and all(d.turns[1].role == "assistant" for d in follow_ups)
     # "Now draw it." after a question about an attachment draws that attachment's label.
-    draw_after = [d for d in follow_ups if d.answer[0][0] == "image" and d.turns[0].attachments]
+    draw_after = [d for d in follow_ups if d.answer[0][0] == "output" and d.turns[0].attachments]
     assert draw_after
     for d in draw_after:
         label = d.turns[1].text.split()[-1].rstrip(".")
-        assert d.answer[0][1] == manifest.prompt.format(label=label)
+        assert d.answer[0][1:] == ("image", manifest.prompt.format(label=label))
     assert {a.modality for d in dialogues for t in d.turns for a in t.attachments} == {"image", "audio"}
     # A sentence before a drawing names the label first (what eval generate checks).
     for d in dialogues:
-        if [k for k, _ in d.answer] == ["text", "image"]:
-            label = d.answer[1][1].split()[-1]
+        if [segment[0] for segment in d.answer] == ["text", "output"]:
+            label = d.answer[1][2].split()[-1]
             assert d.answer[0][1].lower().startswith(label)
+    # No world-specific word comes from core: the follow-ups say the world's own kind of label.
+    assert any("digit" in d.turns[-1].text for d in follow_ups)
 
 
 def test_encoded_answers_target_img0_and_skip_the_forced_tokens(tiny_lm):
-    from anybind.lm import load_backbone
+    from anybind.models.backbone import load_backbone
+
+    from anybind.chat.outputs import OutputVocab
+    from anybind.models.output import GenerativeOutput, GenerativeOutputConfig
 
     backbone = load_backbone(f"hf:{tiny_lm}")
     tok, vocab, k = backbone.tokenizer, backbone.vocab_size, 3
+    outputs = OutputVocab([GenerativeOutput(GenerativeOutputConfig(lm_width=32, tokens=k))], vocab)
     end = encode(tok, [Turn("user", "Hi")], 1, answer="Hello.").ids[-1]
-    d = Dialogue([Turn("user", "Draw a seven.")], [("text", "Seven is odd."), ("image", "a handwritten seven")])
-    encode_dialogue(tok, d, 4, vocab, k, end)
+    d = Dialogue([Turn("user", "Draw a seven.")], [("text", "Seven is odd."), ("output", "image", "a handwritten seven")])
+    encode_dialogue(tok, d, 4, outputs, end)
     ids = [t for _, t in d.targets]
-    assert ids.count(vocab) == 1 and not any(vocab < t < vocab + k for t in ids)  # [IMG0] only
+    assert ids.count(vocab) == 1 and not any(t > vocab for t in ids) and -1 not in ids  # [IMG0] only
     assert ids[-1] == end
-    (start, caption), = d.images
+    (start, modality, caption), = d.outputs
+    assert modality == "image"
     assert caption == "a handwritten seven" and d.encoded.ids[start:start + k] == [tok.pad_token_id] * k
     assert (start - 1, vocab) in d.targets  # the state before [IMG0] predicts it
     assert (start + k - 1, end) in d.targets  # the last [IMG] state predicts the end of the turn
@@ -124,7 +133,7 @@ def test_load_merges_the_adapter(instructed):
     assert not torch.allclose(a, b, atol=1e-4)  # the adapter changed the LM
     from peft import PeftModel
 
-    from anybind.lm import load_backbone
+    from anybind.models.backbone import load_backbone
 
     fresh = load_backbone(plain.backbone.reference)
     unmerged = PeftModel.from_pretrained(fresh.model, str(chat / "instruct" / "adapter"))

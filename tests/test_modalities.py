@@ -8,7 +8,7 @@ import torch
 
 from anybind import plugins
 from anybind.errors import InputError
-from anybind.model import Tower
+from anybind.models.space import Tower
 from anybind_audio.encoder import AudioEncoder, load_audio
 from anybind_pointcloud.encoder import PointCloudEncoder, PointCloudEncoderConfig, farthest_point_sample
 from anybind_pointcloud.io import load_points, write_ply
@@ -237,7 +237,7 @@ def test_every_first_party_modality_is_registered():
 
 def test_audio_world_holds_out_whole_voices(tmp_path):
     run_cli("world", "build", str(tmp_path), "--modality", "audio", "--small", check=True)
-    from anybind.world import read_manifest
+    from anybind.data import read_manifest
 
     rows = read_manifest(tmp_path).select(has=("audio",))
     voices = {split: {r["meta"]["voice"].split("+")[1] for r in rows if r["split"] == split} for split in ("train", "test")}

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from anybind.errors import AnybindError
-from anybind.newplugin import new_plugin, plugin_names
+from anybind.plugins.scaffold import new_plugin, plugin_names
 from conftest import run_cli
 
 

@@ -12,7 +12,7 @@ from torch import nn
 import anybind
 from anybind import plugins
 from anybind.errors import InputError, PluginError
-from anybind.model import AnybindModel, Tower
+from anybind.models.space import AnybindModel, Tower
 from anybind.modality import EncoderOutput, ModalityEncoder
 from anybind.specs import ModalitySpec
 from conftest import run_cli
@@ -105,7 +105,7 @@ def test_a_plugin_whose_hook_raises_is_isolated(register_plugin):
     register_plugin(Raises(), "anybind-raises")
     infos = {i.name: i for i in plugins.plugin_infos()}
     assert "boom" in infos["anybind-raises"].errors[0]
-    assert infos["anybind.builtins.text"].status == "ok"
+    assert infos["anybind.plugins.builtins.text"].status == "ok"
 
 
 def test_two_plugins_registering_one_modality_is_an_error_naming_both(register_plugin):
@@ -142,14 +142,14 @@ def test_an_uninstalled_suffix_suggests_the_registry_plugin(monkeypatch, tmp_pat
 def test_cli_plugins_lists_first_party_plugins_as_json():
     proc = run_cli("plugins", "--json", check=True)
     infos = {i["name"]: i for i in json.loads(proc.stdout)}
-    assert infos["anybind.builtins.text"]["modalities"] == ["text"]
+    assert infos["anybind.plugins.builtins.text"]["modalities"] == ["text"]
     assert infos["anybind-image"]["modalities"] == ["image"]
     assert all(i["status"] == "ok" for i in infos.values()), infos
 
 
 def test_allow_list_limits_loaded_plugins():
     proc = run_cli("plugins", "--json", env={"ANYBIND_LOAD_PLUGINS": ""}, check=True)
-    builtins = ["anybind.builtins.hf", "anybind.builtins.text"]
+    builtins = ["anybind.plugins.builtins.hf", "anybind.plugins.builtins.text"]
     assert [i["name"] for i in json.loads(proc.stdout)] == builtins
     proc = run_cli("plugins", "--json", env={"ANYBIND_LOAD_PLUGINS": "anybind-image"}, check=True)
     assert [i["name"] for i in json.loads(proc.stdout)] == [*builtins, "anybind-image"]
@@ -174,9 +174,9 @@ def test_light_commands_do_not_import_torch(argv):
 
 
 @pytest.mark.parametrize("command, settings", [
-    ("align-in", "anybind.align:AlignSettings"),
-    ("align-out", "anybind.align_out:AlignOutSettings"),
-    ("instruct", "anybind.instruct:InstructSettings"),
+    ("align-in", "anybind.training.settings:AlignSettings"),
+    ("align-out", "anybind.training.settings:AlignOutSettings"),
+    ("instruct", "anybind.training.settings:InstructSettings"),
 ])
 def test_train_command_defaults_are_the_settings_defaults(command, settings):
     """The CLI spells its defaults out (so --help shows them); they must be the Python API's too."""

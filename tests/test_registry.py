@@ -3,7 +3,7 @@
 import pytest
 
 from anybind.errors import RegistryError
-from anybind.registry import find_entry, load_registry, suggest
+from anybind.plugins.registry import find_entry, load_registry, suggest
 from conftest import REPO, run_cli
 
 

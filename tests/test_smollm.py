@@ -5,8 +5,8 @@ import time
 import pytest
 
 from anybind.chat import ChatModel
-from anybind.lm import load_backbone
-from anybind.model import AnybindModel
+from anybind.models.backbone import load_backbone
+from anybind.models.space import AnybindModel
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,12 @@ __all__ = ["__version__", "hookimpl", "load", "AnybindModel", "Tower"]
 
 def __getattr__(name: str):
     # Heavy parts resolve on first use so that `anybind --help` never imports torch.
-    if name in ("load", "AnybindModel", "Tower"):
-        from anybind import model
+    if name == "load":
+        from anybind.api import load
 
-        return getattr(model, name)
+        return load
+    if name in ("AnybindModel", "Tower"):
+        from anybind.models import space
+
+        return getattr(space, name)
     raise AttributeError(f"module 'anybind' has no attribute {name!r}")

@@ -8,7 +8,7 @@ A modality turns a file into a token sequence in three steps, each owned by the 
     out    = encoder(**batch)                 # EncoderOutput: tokens (B, N, W), mask (B, N)
 
 Core owns everything after that: pooling, the projection head into the shared space,
-normalisation (:mod:`anybind.model`), and the training that binds the heads together.
+normalisation (:mod:`anybind.models.space`), and the training that binds the heads together.
 """
 
 from __future__ import annotations

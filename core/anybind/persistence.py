@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from anybind.errors import CheckpointError
+from anybind.errors import AnybindError, CheckpointError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -38,6 +38,19 @@ def write_text_atomic(path: Path | str, text: str) -> None:
 
 def write_json_atomic(path: Path | str, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def check_writable(path: Path | str) -> Path:
+    """Fail before any work if the file ``path`` cannot be written (folder missing, read-only, a directory)."""
+    path = Path(path)
+    if path.is_dir():
+        raise AnybindError(f"{path}: is a directory; give a file name inside it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise AnybindError(f"{path}: cannot write: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise AnybindError(f"{path}: cannot write: folder {parent} is not writable")
+    return path
 
 
 def save_model_dir(

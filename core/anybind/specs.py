@@ -16,6 +16,10 @@ from anybind.errors import PluginError
 
 Factory = Union[str, Callable[..., Any]]
 
+#: The modality every other one is bound to (ImageBind's recipe): it alone trains against text,
+#: and the input projector trained on it reads every modality that has no projector of its own.
+BINDING_MODALITY = "image"
+
 
 def resolve(factory: Factory, *, what: str = "factory") -> Any:
     """Import ``"package.module:attr"`` (or return a callable unchanged)."""
@@ -96,11 +100,12 @@ class ModalitySpec:
 
 @dataclass(frozen=True)
 class DecoderSpec:
-    """An output decoder (e.g. Stable Diffusion for images).
+    """An output decoder (e.g. Stable Diffusion for images), and how a chat model asks for its outputs.
 
     Attributes:
         name: unique decoder name, e.g. ``"sd"``; ``--decoder sd:PATH`` selects a checkpoint.
-        modality: what it produces, e.g. ``"image"``.
+        modality: the output modality it produces, e.g. ``"image"``; also the event type a chat
+            answer yields for each output.
         factory: ``(path, device=None) -> decoder``. The decoder has ``cond_shape``
             (``(tokens, width)`` of the conditioning sequence it reads),
             ``encode_prompt(texts) -> (B, tokens, width)`` (its own text encoder: the target
@@ -108,6 +113,12 @@ class DecoderSpec:
             guidance=None, steps=None, seed=0) -> list`` of outputs (PIL images for ``image``).
         trainer: optional ``(manifest, out, **options) -> path``: trains a decoder from a
             manifest (``anybind train decoder``).
+        token: the stem of its generative tokens (``"IMG"``: ``[IMG0]``, ``[IMG1]``, ...);
+            default: the modality's first three letters, upper-cased.
+        prompts: dotted path of an :class:`anybind.data.prompts.OutputPrompts`: how users ask
+            for this output ("Draw {c}."), used to train and evaluate asking for it.
+        judge: optional dotted path of an :class:`anybind.eval.judge.Judge` subclass: an
+            independent classifier of its outputs, for ``anybind eval generate``.
     """
 
     name: str
@@ -115,6 +126,19 @@ class DecoderSpec:
     factory: Factory
     trainer: Factory | None = None
     description: str = ""
+    token: str = ""
+    prompts: Factory | None = None
+    judge: Factory | None = None
+
+    def __post_init__(self):
+        if not self.token:
+            object.__setattr__(self, "token", self.modality[:3].upper())
+
+    def output_prompts(self):
+        if self.prompts is None:
+            raise PluginError(f"decoder {self.name!r} registers no prompts: a chat model cannot learn to ask for its "
+                              f"{self.modality} outputs (DecoderSpec.prompts)")
+        return resolve(self.prompts, what=f"prompts of decoder {self.name!r}")
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,22 @@ class Audio:
     sample_rate: int
 
 
+#: What libsndfile must find in a file of each suffix it reads.
+CONTAINERS = {".wav": ("WAV", "WAVEX", "RF64", "W64"), ".flac": ("FLAC",), ".ogg": ("OGG",)}
+
+
 def load_audio(path) -> Audio:
     """wav/flac/ogg through soundfile, anything else (mp3, m4a, ...) through PyAV; mixed to mono."""
     path = Path(path)
     if path.stat().st_size == 0:
         raise InputError(path, "empty audio file")
-    if path.suffix.lower() in (".wav", ".flac", ".ogg"):
+    if path.suffix.lower() in CONTAINERS:
         import soundfile as sf
 
         try:
+            found = sf.info(str(path)).format
+            if found not in CONTAINERS[path.suffix.lower()]:  # libsndfile guesses a format even for noise
+                raise InputError(path, f"not a {path.suffix[1:].upper()} file (its content reads as {found})")
             data, rate = sf.read(str(path), dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
             raise InputError(path, f"not readable audio ({exc})") from None

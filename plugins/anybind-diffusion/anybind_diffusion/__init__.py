@@ -19,5 +19,8 @@ def register_decoders(register):
             factory="anybind_diffusion.decoder:load_decoder",
             trainer="anybind_diffusion.train:train_decoder",
             description="Stable Diffusion via diffusers (tiny, trained on the sample world, or any local SD checkpoint)",
+            token="IMG",
+            prompts="anybind_diffusion.prompts:PROMPTS",
+            judge="anybind_diffusion.judge:ImageJudge",
         )
     )

@@ -50,7 +50,7 @@ class MiniLMPrompts(torch.nn.Module):
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from anybind.builtins.text_encoder import packaged_minilm_dir
+        from anybind.plugins.builtins.text_encoder import packaged_minilm_dir
 
         hf_logging.disable_progress_bar()
 
@@ -180,7 +180,7 @@ def load_decoder(path, device=None, dtype=None) -> DiffusionDecoder:
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
 
-    from anybind.lm import default_device, default_dtype
+    from anybind.models.backbone import default_device, default_dtype
 
     path = Path(path)
     index = check_pipeline_dir(path)

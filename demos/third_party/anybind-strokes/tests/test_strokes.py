@@ -7,7 +7,7 @@ import torch
 
 from anybind import AnybindModel, Tower
 from anybind.errors import InputError
-from anybind.world import load_digits
+from anybind.data.world import load_digits
 from anybind_strokes.trace import load_strokes, trace, write_strokes
 
 

@@ -1,0 +1,93 @@
+"""Greedy answers to many conversations at once: what evaluation and training ask the model.
+
+One helper serves ``ChatModel.answer_batch`` (a question about each attachment),
+``draw_batch`` (requests that may make outputs) and the LM's own answers that align-out and
+instruct train on (text-only questions sharing the system prompt, run once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from anybind.chat.conversation import PrefixCache, Turn, encode, input_embeddings, split_prefix
+from anybind.chat.decode import decode_text, decode_with_outputs
+from anybind.chat.events import SamplingOptions
+from anybind.chat.outputs import OutputStates, OutputVocab, pad_contexts
+
+
+@dataclass
+class Answer:
+    text: str
+    outputs: list = field(default_factory=list)  # what the decoders made, in order
+
+
+@torch.no_grad()
+def greedy_answers(model, conversations: Sequence[list[Turn]], *, max_new_tokens: int, projector: str | None = None,
+                   make: bool = False, seed: int = 0, steps: int | None = None, shared_prefix: bool = False,
+                   batch_size: int | None = None, progress: bool = False, desc: str = "answers") -> list[Answer]:
+    """Greedy answers to ``conversations`` (each ending with the user's turn), decoded in batches.
+
+    ``make``: outputs may be made (at most one per answer); ``shared_prefix``: the ids every
+    conversation starts with (the system prompt, text only) run once, not once per row."""
+    from tqdm.auto import tqdm
+
+    encodings = [encode(model.backbone.tokenizer, turns, model.soft_tokens) for turns in conversations]
+    prefix = None
+    if shared_prefix:
+        ids, encodings = split_prefix(encodings)
+        prefix = PrefixCache(model.backbone, ids)
+    size = batch_size or max(1, len(encodings))
+    answers: list[Answer] = []
+    for start in tqdm(range(0, len(encodings), size), desc=desc, unit="batch", disable=not progress, leave=False):
+        chunk = encodings[start:start + size]
+        soft = [model.soft_tokens_for(e, projector) for e in chunk]
+        embeds, mask = input_embeddings(model.backbone, chunk, soft, pad_left=True)
+        if make and model.outputs:
+            answers += _with_outputs(model, embeds, mask, max_new_tokens, seed, steps)
+        else:
+            tokens = list(decode_text(model.backbone.model, embeds, mask, SamplingOptions(max_new_tokens),
+                                      model.backbone.stop_ids, prefix=prefix))
+            rows = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in chunk]
+            answers += [Answer(_text(model.backbone, row)) for row in rows]
+    return answers
+
+
+def _with_outputs(model, embeds, mask, max_new_tokens: int, seed: int, steps: int | None) -> list[Answer]:
+    backbone = model.backbone
+    vocab = OutputVocab(list(model.outputs.values()), backbone.vocab_size)
+    tracker = OutputStates(vocab, mask)
+    ids: list[list[int]] = [[] for _ in range(len(mask))]
+    pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
+    for token, hidden in decode_with_outputs(backbone.model, embeds, mask, SamplingOptions(max_new_tokens),
+                                             backbone.stop_ids, vocab, max_outputs=1, boundaries=model.boundaries):
+        pending += tracker.push(token, hidden)
+        for row, token_id in enumerate(token.tolist()):
+            ids[row].append(token_id)
+    answers = [Answer(_text(backbone, row)) for row in ids]
+    for index, output in enumerate(vocab.outputs):  # each decoder once, for every row that asked it
+        mine = [p for p in pending if p[1] == index]
+        if mine:
+            context, context_mask = pad_contexts([c for _, _, _, c in mine])
+            made = model.make(output.modality, torch.stack([s for _, _, s, _ in mine]), context, context_mask,
+                              seed=seed, steps=steps)
+            for (row, _, _, _), value in zip(mine, made):
+                answers[row].outputs.append(value)
+    return answers
+
+
+def _text(backbone, ids: list[int]) -> str:
+    """The answer's text: up to the first stop id, generative ids left out."""
+    stop = set(backbone.stop_ids)
+    cut = next((i for i, t in enumerate(ids) if t in stop), len(ids))
+    return backbone.tokenizer.decode([t for t in ids[:cut] if t < backbone.vocab_size], skip_special_tokens=True).strip()
+
+
+def draw_batch(model, prompts: Sequence[str], *, max_new_tokens: int = 48, seed: int = 0,
+               image_steps: int | None = None) -> list[tuple[str, list]]:
+    """Greedy answers to text prompts, decoded together, with the outputs each one made (for evaluation)."""
+    answers = greedy_answers(model, [model.conversation(p) for p in prompts], max_new_tokens=max_new_tokens,
+                             make=True, seed=seed, steps=image_steps)
+    return [(a.text, a.outputs) for a in answers]

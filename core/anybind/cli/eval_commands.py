@@ -1,0 +1,117 @@
+"""Commands that evaluate trained models on held-out data."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from anybind.cli.app import cli
+from anybind.cli.train_commands import DEFAULT_BIND, DEFAULT_CHAT, DEFAULT_DECODER, DEFAULT_WORLD
+from anybind.specs import BINDING_MODALITY
+from anybind.tables import table
+
+
+@cli.group(name="eval")
+def eval_group():
+    """Evaluate trained models on held-out data."""
+
+
+@eval_group.command(name="bind")
+@click.option("--model", "model_dir", default=DEFAULT_BIND, show_default=True, type=click.Path())
+@click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path())
+@click.option("--modality", "modalities", multiple=True)
+@click.option("--prompt", help="Zero-shot prompt template with {label} (default: the world's, e.g. 'a handwritten {label}').")
+@click.option("--json", "as_json", is_flag=True)
+def eval_bind_command(model_dir, manifest, modalities, prompt, as_json):
+    """Zero-shot top-1 vs text prompts, retrieval R@1 and a linear probe, per modality."""
+    import anybind
+    from anybind.eval import evaluate_bind
+
+    towers = None
+    if modalities:  # load only what the evaluation needs: text prompts, images to retrieve, the modalities asked
+        from anybind.persistence import read_config
+
+        trained = read_config(model_dir).get("modalities", [])
+        towers = [m for m in trained if m in {"text", BINDING_MODALITY, *modalities}]
+    results = evaluate_bind(anybind.load(model_dir, towers), manifest, list(modalities) or None, prompt)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    rows = [[m, f"{r['zero_shot_top1']:.3f}", f"{r['retrieval_r1']:.3f}", f"{r['linear_probe']:.3f}",
+             f"{r['zero_shot_vs_probe']:.3f}", str(r["n_test"]), "emergent" if r["emergent"] else "trained"]
+            for m, r in results.items()]
+    click.echo(table(["MODALITY", "ZERO-SHOT", "R@1", "PROBE", "ZS/PROBE", "N", "TEXT"], rows))
+
+
+@eval_group.command(name="chat")
+@click.option("--model", "model_dir", default=DEFAULT_CHAT, show_default=True, type=click.Path())
+@click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path())
+@click.option("--modality", "modalities", multiple=True)
+@click.option("--limit", type=int, default=100, show_default=True, help="Held-out attachments per modality.")
+@click.option("--json", "as_json", is_flag=True)
+def eval_chat_command(model_dir, manifest, modalities, limit, as_json):
+    """Ask which label each held-out attachment shows or says; accuracy per modality."""
+    import anybind
+    from anybind.layout import ChatDir
+    from anybind.eval import evaluate_chat
+
+    ChatDir(model_dir).config()  # a clear error before loading anything heavy
+    results = evaluate_chat(anybind.load(model_dir), manifest, list(modalities) or None, limit=limit)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    rows = []
+    for m, r in results.items():
+        own = r.get("own_projector")
+        route = " (instructed)" if r.get("instructed") else ("" if m == BINDING_MODALITY else " (emergent)")
+        rows.append([m, f"{r['image_projector']:.3f}" + route,
+                     f"{own:.3f}" if own is not None else "-", str(r["n_test"])])
+    click.echo(f"Question: {next(iter(results.values()))['question'] if results else '-'}")
+    click.echo(table(["MODALITY", "IMAGE PROJECTOR", "OWN PROJECTOR", "N"], rows))
+
+
+@eval_group.command(name="generate")
+@click.option("--model", "model_dir", default=DEFAULT_CHAT, show_default=True, type=click.Path(),
+              help="Chat model trained with align-out (skipped if it cannot draw or is missing).")
+@click.option("--decoder", default=DEFAULT_DECODER, show_default=True, help="Decoder directory or sd:PATH.")
+@click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path())
+@click.option("-n", "per_label", type=click.IntRange(2), default=10, show_default=True, help="Images per label.")
+@click.option("--steps", type=click.IntRange(1, 1000), help="Sampling steps per image (default: the decoder's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def eval_generate_command(model_dir, decoder, manifest, per_label, steps, seed, as_json):
+    """Judge generated images with a classifier trained on the real ones: the decoder from
+    captions, and the chat model asked to draw (alone, and after a sentence)."""
+    from pathlib import Path
+
+    from anybind.chat import ChatModel
+    from anybind.eval import evaluate_generate
+    from anybind.models.decoders import load_decoder
+
+    model = None
+    if (Path(model_dir) / "config.json").is_file():
+        model = ChatModel.from_pretrained(model_dir, decoder=decoder)
+        if not model.outputs:
+            click.secho(f"{model_dir}: makes no outputs (no align-out); judging the decoder alone", dim=True, err=True)
+            model = None
+    loaded = model.decoder() if model is not None else load_decoder(decoder)
+    results = evaluate_generate(manifest, decoder=loaded, model=model, per_label=per_label, steps=steps, seed=seed)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    click.echo(f"Judge (an SVM on the real training {results['modality']} files) on real held-out ones: "
+               f"{results['judge_accuracy_on_real']:.3f}")
+    rows = []
+    for key, what in (("decoder", "decoder from captions"), ("chat_draw", "chat: asked to draw")):
+        if key in results:
+            r = results[key]
+            drew = f"{r['drew']:.3f}" if "drew" in r else "-"
+            rows.append([what, f"{r['accuracy']:.3f}", drew, f"{r['diversity']:.2f}", str(r.get("asked", r["images"]))])
+    click.echo(table(["SOURCE", "CORRECT", "DREW", "DIVERSITY", "N"], rows))
+    if "chat_write_and_draw" in results:
+        r = results["chat_write_and_draw"]
+        click.echo(f"chat: write a sentence, then draw: both present {r['both']:.3f}, both present and agreeing "
+                   f"{r['both_and_agree']:.3f} (n={r['asked']})")
+        for e in r["examples"][:2]:
+            click.echo(f"  {e['prompt']!r} -> {e['text']!r} + {e['images']} image(s)")

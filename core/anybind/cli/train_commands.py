@@ -1,0 +1,227 @@
+"""Commands for building data and training: the sample world and every training stage.
+
+Option defaults come from the settings dataclasses (:mod:`anybind.training.settings`) and the
+run layout (:data:`anybind.layout.DEFAULT_RUN`), so the CLI never restates them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from anybind.cli.app import cli
+from anybind.errors import AnybindError
+from anybind.layout import DEFAULT_RUN
+from anybind.specs import BINDING_MODALITY
+from anybind.training.settings import AlignOutSettings, AlignSettings, BindSettings, InstructSettings
+
+DEFAULT_WORLD, DEFAULT_BIND = str(DEFAULT_RUN.world), str(DEFAULT_RUN.bind)
+DEFAULT_CHAT, DEFAULT_DECODER = str(DEFAULT_RUN.chat), str(DEFAULT_RUN.decoder)
+
+
+@cli.group()
+def world():
+    """The built-in sample world (real digits, speech, videos, point clouds)."""
+
+
+@world.command(name="build")
+@click.argument("directory", default=DEFAULT_WORLD, type=click.Path(file_okay=False))
+@click.option("--modality", "modalities", multiple=True, help="Only these modalities (default: every installed one).")
+@click.option("--limit", type=int, help="Use only this many digits (quick builds).")
+@click.option("--small", is_flag=True, help="Fewer variants per modality (for tests).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def world_build(directory, modalities, limit, small, seed):
+    """Write the sample world's files and manifest.jsonl into DIRECTORY."""
+    import time
+
+    from anybind.data.manifest import read_manifest
+    from anybind.data.world import build_world
+
+    began = time.time()
+    manifest = build_world(directory, modalities or None, limit=limit, seed=seed, small=small)
+    parsed = read_manifest(manifest)
+    counts = {m: len(parsed.select(has=(m,))) for m in parsed.modalities()}
+    click.echo(f"Wrote {manifest} in {time.time() - began:.1f}s: " + ", ".join(f"{n} {m}" for m, n in counts.items()))
+
+
+@world.command(name="sample")
+@click.argument("directory", default=DEFAULT_WORLD, type=click.Path())
+@click.option("--modality", required=True, help="Which modality's file to print.")
+@click.option("--label", help="Only rows with this label (e.g. seven).")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("-n", "count", type=int, default=1, show_default=True, help="How many paths.")
+def world_sample(directory, modality, label, split, count):
+    """Print paths of files in a world or manifest, e.g. to attach one: --attach "$(anybind world sample --modality audio)"."""
+    from anybind.data.manifest import read_manifest
+
+    manifest = read_manifest(directory)
+    rows = [r for r in manifest.select(split, has=(modality,)) if label is None or r.get("label") == label]
+    if not rows:
+        raise AnybindError(f"{manifest.path}: no {split} rows with a {modality} file" + (f" labelled {label!r}" if label else ""))
+    for row in rows[:count]:
+        click.echo(os.path.relpath(row[modality]))
+
+
+@cli.group()
+def train():
+    """Training stages."""
+
+
+@train.command(name="bind")
+@click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path(), help="Manifest file or world folder.")
+@click.option("--out", default=DEFAULT_BIND, show_default=True, type=click.Path(file_okay=False), help="Bound model directory.")
+@click.option("--modality", "modalities", multiple=True, help="Bind only these (default: every installed one in the manifest).")
+@click.option("--steps", type=int, help="Steps per modality (default: each plugin's own).")
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--embed-dim", type=int, default=BindSettings.embed_dim, show_default=True)
+@click.option("--save-every", type=int, default=BindSettings.save_every, show_default=True, help="Mid-stage checkpoint interval (steps).")
+@click.option("--on-bad-row", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
+              help="A manifest row whose file is unusable: report and skip it, or stop.")
+@click.option("--retrain", is_flag=True, help="Train modalities again even if already trained.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_bind_command(manifest, out, modalities, steps, batch_size, lr, embed_dim, save_every, on_bad_row, retrain, seed):
+    """Bind modalities into one space: image against text, every other modality against images."""
+    from anybind.training.bind import train_bind
+
+    settings = BindSettings(embed_dim=embed_dim, steps=steps, batch_size=batch_size, lr=lr, save_every=save_every,
+                            seed=seed, on_bad_row=on_bad_row)
+    results = train_bind(manifest, out, list(modalities) or None, settings, retrain=retrain)
+    for r in results:
+        click.echo(f"bound {r['modality']}: {r['rows']} rows in {r['seconds']:.1f}s")
+    click.echo(f"Model: {out}  (next: anybind eval bind --model {out} --manifest {manifest})")
+
+
+@train.command(name="align-in")
+@click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path(), help="Manifest file or world folder.")
+@click.option("--bound", default=DEFAULT_BIND, show_default=True, type=click.Path(), help="Bound model directory (anybind train bind).")
+@click.option("--out", default=DEFAULT_CHAT, show_default=True, type=click.Path(file_okay=False), help="Chat model directory.")
+@click.option("--backbone", default="smollm2", show_default=True, help="A backbone name (anybind plugins) or hf:PATH.")
+@click.option("--modality", "modalities", multiple=True,
+              help="Train a projector on this modality's rows (default: image; other modalities then use it, emergent).")
+@click.option("--steps", type=int, default=AlignSettings.steps, show_default=True)
+@click.option("--batch-size", type=int, default=AlignSettings.batch_size, show_default=True)
+@click.option("--lr", type=float, default=AlignSettings.lr, show_default=True)
+@click.option("--tokens", type=int, default=AlignSettings.tokens, show_default=True, help="Soft tokens per attachment.")
+@click.option("--on-bad-row", type=click.Choice(["skip", "stop"]), default="skip", show_default=True)
+@click.option("--retrain", is_flag=True, help="Train again even if already trained.")
+@click.option("--seed", type=int, default=AlignSettings.seed, show_default=True)
+def train_align_in_command(manifest, bound, out, backbone, modalities, steps, batch_size, lr, tokens, on_bad_row, retrain, seed):
+    """Teach the frozen LM to read the shared space: an input projector to soft tokens."""
+    from anybind.training.align_in import train_align_in
+
+    settings = AlignSettings(steps=steps, batch_size=batch_size, lr=lr, tokens=tokens, seed=seed, on_bad_row=on_bad_row)
+    for modality in modalities or (BINDING_MODALITY,):
+        r = train_align_in(manifest, bound, out, backbone=backbone, modality=modality, settings=settings, retrain=retrain)
+        if not r.get("skipped"):
+            click.echo(f"aligned {modality}: {r['rows']} rows, {r['steps']} steps in {r['seconds']:.1f}s")
+    click.echo(f"Chat model: {out}  (next: anybind eval chat --model {out} --manifest {manifest})")
+
+
+@train.command(name="align-out")
+@click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path(), help="Manifest file or world folder.")
+@click.option("--model", "model_dir", default=DEFAULT_CHAT, show_default=True, type=click.Path(file_okay=False),
+              help="Chat model directory (anybind train align-in); the image output is added to it.")
+@click.option("--decoder", default=DEFAULT_DECODER, show_default=True,
+              help="Decoder to draw with: a directory (anybind train decoder) or sd:PATH.")
+@click.option("--steps", type=int, default=AlignOutSettings.steps, show_default=True)
+@click.option("--batch-size", type=int, default=AlignOutSettings.batch_size, show_default=True)
+@click.option("--lr", type=float, default=AlignOutSettings.lr, show_default=True)
+@click.option("--tokens", type=int, default=AlignOutSettings.tokens, show_default=True, help="Generative tokens [IMG0]..[IMG{k-1}].")
+@click.option("--context/--no-context", default=AlignOutSettings.context, show_default=True,
+              help="The output projector also reads the conversation before [IMG0] (not only the [IMG] states).")
+@click.option("--guidance", type=float, default=AlignOutSettings.guidance, show_default=True,
+              help="Classifier-free guidance the chat draws with (saved with the model).")
+@click.option("--retrain", is_flag=True, help="Train again even if already trained.")
+@click.option("--seed", type=int, default=AlignOutSettings.seed, show_default=True)
+def train_align_out_command(manifest, model_dir, decoder, steps, batch_size, lr, tokens, context, guidance, retrain, seed):
+    """Teach the frozen LM to draw: [IMG] tokens and an output projector to the decoder's conditioning."""
+    from anybind.training.align_out import train_align_out
+
+    settings = AlignOutSettings(steps=steps, batch_size=batch_size, lr=lr, tokens=tokens, context=context,
+                                guidance=guidance, seed=seed)
+    r = train_align_out(manifest, model_dir, decoder, settings, retrain=retrain)
+    if not r.get("skipped"):
+        click.echo(f"aligned {r['modality']} output: {r['conversations']} conversations, {r['steps']} steps in {r['seconds']:.1f}s "
+                   f"(mse {r.get('mse', float('nan')):.4f})")
+    click.echo(f"Chat model: {model_dir}  (next: anybind chat \"Draw a handwritten seven.\" --model {model_dir})")
+
+
+@train.command(name="instruct")
+@click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path(), help="Manifest file or world folder.")
+@click.option("--model", "model_dir", default=DEFAULT_CHAT, show_default=True, type=click.Path(file_okay=False),
+              help="Chat model directory (after align-in, and align-out if it should draw).")
+@click.option("--steps", type=int, default=InstructSettings.steps, show_default=True)
+@click.option("--batch-size", type=int, default=InstructSettings.batch_size, show_default=True)
+@click.option("--lr", type=float, default=InstructSettings.lr, show_default=True)
+@click.option("--rank", type=int, default=InstructSettings.rank, show_default=True, help="LoRA rank.")
+@click.option("--layers", type=int, default=InstructSettings.layers, show_default=True, help="Adapters on the LM's last N layers (0: all).")
+@click.option("--conversations", type=int, default=InstructSettings.conversations, show_default=True, help="Templated conversations to train on.")
+@click.option("--image-output-lr-scale", type=float, default=InstructSettings.image_output_lr_scale, show_default=True,
+              help="The output projector and [IMG] rows learn at lr x this (0: kept as align-out left them; "
+                   "the [IMG0] gate always trains).")
+@click.option("--retrain", is_flag=True, help="Train again even if already trained.")
+@click.option("--seed", type=int, default=InstructSettings.seed, show_default=True)
+def train_instruct_command(manifest, model_dir, steps, batch_size, lr, rank, layers, conversations,
+                           image_output_lr_scale, retrain, seed):
+    """LoRA on the LM, with the projectors, over multi-turn conversations in every modality."""
+    from anybind.training.instruct import train_instruct
+
+    if image_output_lr_scale < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--image-output-lr-scale")
+    settings = InstructSettings(steps=steps, batch_size=batch_size, lr=lr, rank=rank, layers=layers,
+                                conversations=conversations, image_output_lr_scale=image_output_lr_scale, seed=seed)
+    r = train_instruct(manifest, model_dir, settings, retrain=retrain)
+    if not r.get("skipped"):
+        click.echo(f"instruct: {r['conversations']} conversations, {r['steps']} steps in {r['seconds']:.1f}s "
+                   f"({r['trainable_parameters']:,} trainable parameters)")
+    click.echo(f"Chat model: {model_dir}  (next: anybind chat \"Draw a seven, then tell me what comes after it.\" --model {model_dir})")
+
+
+@train.command(name="decoder")
+@click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path(), help="Manifest file or world folder.")
+@click.option("--out", default=DEFAULT_DECODER, show_default=True, type=click.Path(file_okay=False), help="Decoder directory.")
+@click.option("--decoder", "name", help="Which installed decoder to train (default: the only one installed).")
+@click.option("--steps", type=int, help="Denoiser steps (default: the plugin's own).")
+@click.option("--batch-size", type=int)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Any other setting of the decoder's trainer, e.g. --set vae_steps=100 --set unet_channels=64,128.")
+@click.option("--save-every", type=int, default=100, show_default=True)
+@click.option("--on-bad-row", type=click.Choice(["skip", "stop"]), default="skip", show_default=True)
+@click.option("--retrain", is_flag=True, help="Train again even if already trained.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_decoder_command(manifest, out, name, steps, batch_size, overrides, save_every, on_bad_row, retrain, seed):
+    """Train an image decoder (a tiny Stable Diffusion) on a manifest's images and captions."""
+    from anybind.training.decoder import train_decoder
+
+    options = dict(_parse_overrides(overrides))
+    options.update(steps=steps, batch_size=batch_size, save_every=save_every, on_bad_row=on_bad_row, seed=seed)
+    path = train_decoder(manifest, out, name, retrain=retrain, **options)
+    click.echo(f"Decoder: {path}  (next: anybind generate image \"a handwritten seven\" --decoder {path} -o seven.png)")
+
+
+def _parse_overrides(pairs) -> list[tuple[str, object]]:
+    out = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--set")
+        if "," in value:
+            parsed = tuple(_scalar(v) for v in value.split(",") if v)
+        else:
+            parsed = _scalar(value)
+        out.append((key.strip().replace("-", "_"), parsed))
+    return out
+
+
+def _scalar(text: str):
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

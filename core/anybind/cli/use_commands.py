@@ -1,0 +1,105 @@
+"""Commands for using models: embed, retrieve, generate, and the quickstart."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from anybind.cli.app import cli
+from anybind.cli.train_commands import DEFAULT_BIND, DEFAULT_DECODER
+from anybind.layout import DEFAULT_RUN
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="FILE|TEXT...")
+@click.option("-m", "--model", "model_dir", type=click.Path(), help="Bound model directory (default: text-only space).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines: input, modality, embedding.")
+def embed(inputs, model_dir, as_json):
+    """Embed files of any installed modality, or text, into the shared space."""
+    import anybind
+    from anybind.models.space import resolve_input
+
+    resolved = [resolve_input(item) for item in inputs]  # errors on bad files before loading models
+    model = anybind.load(model_dir)
+    vectors = model.embed_resolved(resolved)
+    for item, (modality, _), vector in zip(inputs, resolved, vectors.tolist()):
+        if as_json:
+            click.echo(json.dumps({"input": item, "modality": modality, "dim": len(vector), "embedding": vector}))
+        else:
+            click.echo(f"{item}  [{modality}, {len(vector)}-d]")
+            click.echo(" ".join(f"{v:+.4f}" for v in vector))
+
+@cli.command()
+@click.option("--query", "-q", required=True, help="A file of any installed modality, or text.")
+@click.option("--corpus", "-c", required=True, type=click.Path(exists=True), help="A folder of files or a manifest.")
+@click.option("--model", "model_dir", default=DEFAULT_BIND, show_default=True, type=click.Path())
+@click.option("-k", "top_k", type=int, default=5, show_default=True)
+@click.option("--modality", "modalities", multiple=True, help="Only return these modalities.")
+@click.option("--json", "as_json", is_flag=True)
+def retrieve(query, corpus, model_dir, top_k, modalities, as_json):
+    """Find the corpus files nearest to the query, across modalities."""
+    import anybind
+    from anybind.retrieval import retrieve as nearest
+
+    for score, modality, path in nearest(anybind.load(model_dir), query, corpus, top_k, modalities):
+        if as_json:
+            click.echo(json.dumps({"path": path, "modality": modality, "score": round(score, 5)}))
+        else:
+            click.echo(f"{score:+.3f}  {modality:<10}  {path}")
+
+
+@cli.command()
+@click.option("--out", default=str(DEFAULT_RUN.root), show_default=True, type=click.Path(file_okay=False),
+              help="Where every stage writes (world/, bind/, decoder/, chat/, demo.html, metrics.json).")
+@click.option("--backbone", default="smollm2", show_default=True, help="A backbone name (anybind plugins) or hf:PATH.")
+@click.option("--started-at", type=float, hidden=True, help="Unix time the run began (make passes the time before set-up).")
+def quickstart(out, backbone, started_at):
+    """Every stage on the sample world, then an interleaved demo and the held-out evaluation.
+
+    world, bind, decoder, align-in, align-out, instruct, demo, eval: stages already complete
+    are skipped and an interrupted one resumes, so running it again continues where it stopped."""
+    from pathlib import Path
+
+    from anybind.quickstart import Quickstart, summary_table
+
+    record = Quickstart(Path(out), backbone=backbone, started_at=started_at).run_stages()
+    click.echo("")
+    click.echo(summary_table(record))
+    click.echo(f"Metrics: {Path(out) / 'metrics.json'}   Demo: {Path(out) / 'demo.html'}")
+
+
+
+@cli.command()
+@click.argument("modality", metavar="MODALITY")
+@click.argument("prompt")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Output file (default: MODALITY plus its usual suffix, image.png); with -n N, N files numbered "
+                   "before the suffix.")
+@click.option("--decoder", "reference", default=DEFAULT_DECODER, show_default=True,
+              help="A decoder directory, or NAME:PATH (sd:/path/to/stable-diffusion).")
+@click.option("-n", "count", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--steps", type=click.IntRange(1, 1000), help="Sampling steps (default: the decoder's).")
+@click.option("--guidance", type=float, help="Classifier-free guidance scale (default: the decoder's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def generate(modality, prompt, output, reference, count, steps, guidance, seed):
+    """Make MODALITY outputs of PROMPT with a decoder and its own text encoder (no LM).
+
+    \b
+    anybind generate image "a handwritten seven" -o seven.png
+    """
+    from pathlib import Path
+
+    from anybind.chat.render import media
+    from anybind.models.decoders import load_decoder
+    from anybind.persistence import check_writable
+
+    kind = media(modality)
+    target = Path(output or f"{modality}{kind.suffix}")
+    paths = [target] if count == 1 else [target.with_name(f"{target.stem}-{i}{target.suffix}") for i in range(count)]
+    for path in paths:
+        check_writable(path)
+    decoder = load_decoder(reference, modality=modality)
+    made = decoder.generate([prompt] * count, steps=steps, guidance=guidance, seed=seed)
+    for value, path in zip(made, paths):
+        click.echo(kind.save(value, path))

@@ -1,0 +1,74 @@
+"""Every prompt template the stages train on and the evaluations ask, in one place.
+
+Templates are modality- and world-neutral: world-specific words come from the world's
+``world.json`` through :meth:`anybind.data.manifest.Manifest.fill` (``{l}``/``{label}`` a
+label, ``{c}`` a caption, ``{s}`` how a sentence names the label, ``{kind}`` what a label
+is), and how to ask for an output (an image, a sound) comes from the decoder plugin that
+makes it, as an :class:`OutputPrompts`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+#: align-in's questions about an attachment: modality-neutral, so the projector does not learn
+#: that attachments are pictures.
+GENERIC_QUESTIONS = (
+    "What is this?",
+    "Describe this.",
+    "What does this show?",
+    "What is it?",
+    "Tell me what this is.",
+    "Caption this.",
+    "What is in this attachment?",
+    "Can you describe it briefly?",
+)
+
+#: Text-only requests, answered by the frozen LM's own words: they teach an output's first
+#: token where *not* to fire, and keep the LM's manners through instruct. Topics x templates
+#: give a few hundred different requests.
+TOPICS = (
+    "the sea", "Paris", "photosynthesis", "gravity", "a cat", "coffee", "the moon", "rain", "music", "chess",
+    "{s}", "friendship", "volcanoes", "bicycles", "the internet", "winter", "honey bees", "trains",
+    "the color blue", "mathematics", "a good breakfast", "sleep", "dinosaurs", "the alphabet", "{c}",
+)
+ASK = (
+    "Tell me about {t}.", "Write one sentence about {t}.", "What do you know about {t}?", "Explain {t} simply.",
+    "Give me a fun fact about {t}.", "Why is {t} interesting?", "Write a haiku about {t}.", "Describe {t} in a few words.",
+    "Is {t} important?", "What is {t}?",
+)
+CHAT = ("What is 2+3?", "Say hello.", "Name a color.", "What is 7 times 8?", "Tell me a joke.", "What is your name?",
+        "Count from one to five.", "How are you today?", "Translate 'thank you' into French.", "What day comes after Monday?")
+
+#: Follow-ups that ask for the earlier answer's label in one word.
+FOLLOW_NAME = ("Name it in one word.", "Just the word, please.", "Say it in one word.")
+
+
+@dataclass(frozen=True)
+class OutputPrompts:
+    """How users ask for one output modality; a decoder plugin registers one (``DecoderSpec.prompts``)."""
+
+    #: answered by the output alone ("Draw {c}.")
+    request: tuple[str, ...]
+    #: answered by a sentence, then the output ("Write one sentence about {s}, then draw it.")
+    write_and: tuple[str, ...]
+    #: after a question about an attachment: make what it was ("Now draw it.")
+    follow: tuple[str, ...]
+    #: after the model made one: what was it ("Which {kind} did you draw?")
+    ask_made: tuple[str, ...]
+    #: evaluation requests, worded unlike the training ones
+    eval_request: tuple[str, ...]
+    eval_write_and: tuple[str, ...]
+
+
+def sentence(text: str) -> str:
+    """``text`` as a sentence: capitalised, ending in a full stop unless it has an end already."""
+    text = text.strip()
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def first_sentence(text: str) -> str:
+    match = re.match(r"\s*(.+?[.!?])(\s|$)", text, flags=re.DOTALL)
+    return (match.group(1) if match else text).strip()

@@ -1,0 +1,118 @@
+"""``anybind eval generate``: generated outputs judged by an independent classifier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anybind.chat.batch import draw_batch
+from anybind.data.manifest import Manifest, read_manifest
+from anybind.errors import InputError
+from anybind.eval.chat import mentioned_label
+from anybind.eval.judge import Judge
+from anybind.models.decoders import decoder_for
+from anybind.specs import resolve
+
+
+def _judged(judge: Judge, by_label: dict[str, list]) -> dict:
+    per_label, images_total, correct_total = {}, 0, 0
+    for label, images in by_label.items():
+        predicted = judge.predict(images)
+        correct = sum(p == label for p in predicted)
+        distinct = len({judge.key(im) for im in images})
+        per_label[label] = {"n": len(images), "correct": correct, "distinct": distinct,
+                            "diversity": round(judge.diversity(label, images), 3)}
+        images_total += len(images)
+        correct_total += correct
+    diversity = [v["diversity"] for v in per_label.values() if v["n"] > 1]
+    return {"accuracy": round(correct_total / images_total, 4) if images_total else 0.0, "images": images_total,
+            "diversity": round(sum(diversity) / len(diversity), 3) if diversity else 0.0, "per_label": per_label}
+
+
+def evaluate_generate(manifest: Manifest | Path | str, *, decoder=None, model=None, modality: str | None = None,
+                      per_label: int = 10, steps: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+    """Judge generated outputs of ``modality`` (default: the model's one output, else the only
+    installed decoder's) with the judge its decoder plugin gives (:class:`~anybind.eval.judge.Judge`).
+
+    ``decoder``: captions (the world's prompt, "a handwritten {label}") straight into the
+    decoder. ``model`` (a chat model trained with align-out): requests for each label, worded
+    unlike the training templates, through the LM's generative tokens; and requests for a
+    sentence then an output, counted as good when the answer has text naming the label and an
+    output the judge reads as the label. Diversity is the outputs' mean pairwise distance
+    relative to real held-out files of the same label (1.0 = as varied as the real ones).
+    """
+    manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    if not manifest.labels:
+        raise InputError(manifest.path, "has no labels: generation evaluation needs a 'label' on each row")
+    if model is not None and not model.outputs:
+        model = None
+    modality = modality or (model.output().modality if model is not None else decoder_for().modality)
+    spec = decoder_for(modality)
+    if spec.judge is None:
+        raise InputError(manifest.path, f"the {spec.name} decoder's plugin gives no judge of {modality} outputs")
+    judge = resolve(spec.judge, what=f"judge of decoder {spec.name!r}")(manifest, modality)
+    results: dict = {"modality": modality,
+                     "judge_accuracy_on_real": round(judge.accuracy, 4) if judge.accuracy is not None else None}
+    if decoder is not None:
+        results["decoder"] = _from_captions(judge, manifest, decoder, per_label, steps, seed, progress)
+    if model is not None:
+        prompts = spec.output_prompts()
+        results["chat_draw"] = _asked(judge, manifest, model, prompts.eval_request, per_label, steps, seed, progress)
+        results["chat_write_and_draw"] = _write_and(judge, manifest, model, prompts.eval_write_and, steps, seed, progress)
+    return results
+
+
+def _from_captions(judge: Judge, manifest: Manifest, decoder, per_label: int, steps, seed: int, progress: bool) -> dict:
+    """The world's caption of each label straight into the decoder."""
+    from tqdm.auto import tqdm
+
+    prompt = manifest.prompt or "{label}"
+    by_label = {}
+    for i, label in enumerate(tqdm(manifest.labels, desc="eval generate (decoder)", unit="label", leave=False,
+                                   disable=not progress)):
+        by_label[label] = decoder.generate([prompt.format(label=label)] * per_label, steps=steps, seed=seed + i)
+    return {"prompt": prompt, **_judged(judge, by_label)}
+
+
+def _asked(judge: Judge, manifest: Manifest, model, templates, per_label: int, steps, seed: int, progress: bool) -> dict:
+    """Requests for each label through the chat model; a missing output counts as wrong."""
+    from tqdm.auto import tqdm
+
+    by_label = {label: [] for label in manifest.labels}
+    asked, made = 0, 0
+    jobs = [(t.format(**manifest.fill(label)), label) for t in templates for label in manifest.labels]
+    jobs = jobs * max(1, per_label // len(templates))
+    for start in tqdm(range(0, len(jobs), 10), desc="eval generate (chat: asked)", unit="batch", leave=False,
+                      disable=not progress):
+        chunk = jobs[start:start + 10]
+        for (_, outputs), (_, label) in zip(draw_batch(model, [p for p, _ in chunk], max_new_tokens=24,
+                                                       seed=seed + start, image_steps=steps), chunk):
+            asked += 1
+            made += bool(outputs)
+            by_label[label] += outputs[:1]
+    judged = _judged(judge, {k: v for k, v in by_label.items() if v})
+    correct = sum(v["correct"] for v in judged["per_label"].values())
+    return {"prompts": list(templates), "asked": asked, "drew": round(made / asked, 4), **judged,
+            "accuracy": round(correct / asked, 4)}
+
+
+def _write_and(judge: Judge, manifest: Manifest, model, templates, steps, seed: int, progress: bool) -> dict:
+    """Requests for a sentence then an output: good when the text names the label and the judge reads the output as it."""
+    from tqdm.auto import tqdm
+
+    both, agree, n, examples = 0, 0, 0, []
+    jobs = [(t.format(**manifest.fill(label)), label) for t in templates for label in manifest.labels]
+    for start in tqdm(range(0, len(jobs), 10), desc="eval generate (chat: write and make)", unit="batch", leave=False,
+                      disable=not progress):
+        chunk = jobs[start:start + 10]
+        for (text, outputs), (prompt_text, label) in zip(draw_batch(model, [p for p, _ in chunk], max_new_tokens=64,
+                                                                    seed=seed + 1000 + start, image_steps=steps), chunk):
+            n += 1
+            has_both = len(text.split()) >= 3 and bool(outputs)
+            both += has_both
+            ok = has_both and mentioned_label(text, manifest.labels, manifest.aliases) == label \
+                and judge.predict(outputs[:1])[0] == label
+            agree += ok
+            if len(examples) < 3:
+                examples.append({"prompt": prompt_text, "text": text, "images": len(outputs), "agree": ok})
+    return {"prompts": list(templates), "asked": n, "both": round(both / n, 4), "both_and_agree": round(agree / n, 4),
+            "examples": examples}

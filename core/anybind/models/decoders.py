@@ -1,0 +1,61 @@
+"""Output decoders: find one by reference and load it.
+
+A decoder reference is ``NAME:PATH`` (``sd:/models/stable-diffusion``) or a bare ``PATH``:
+a directory trained by anybind names its decoder in ``anybind.json``; otherwise the one
+installed decoder (of the wanted output modality, if one is given) is used. See :class:`anybind.specs.DecoderSpec`
+for what a decoder object offers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from anybind import plugins
+from anybind.errors import PluginError
+from anybind.specs import DecoderSpec, resolve
+
+
+def decoder_for(modality: str | None = None, name: str | None = None) -> DecoderSpec:
+    """The installed decoder ``name``, or the only installed decoder (producing ``modality``, if given)."""
+    if name:
+        return plugins.get_decoder(name)
+    found = [s for s in plugins.decoders().values() if modality is None or s.modality == modality]
+    modality = modality or "any output"
+    if not found:
+        from anybind.plugins.registry import load_registry
+
+        try:
+            names = [e.name for e in load_registry() if e.provides.get("decoders")]
+        except Exception:  # noqa: BLE001 - a broken registry must not hide the real error
+            names = []
+        hint = f" Plugins with decoders: {', '.join(names)} (anybind install NAME)." if names else ""
+        raise PluginError(f"no installed plugin provides a decoder for {modality!r}.{hint}")
+    if len(found) > 1:
+        names = ", ".join(sorted(s.name for s in found))
+        raise PluginError(f"several decoders make {modality!r} ({names}); choose one with NAME:PATH")
+    return found[0]
+
+
+def parse_reference(reference: str, modality: str | None = None) -> tuple[DecoderSpec, Path]:
+    name, sep, rest = str(reference).partition(":")
+    if sep and len(name) > 1 and name in plugins.decoders():
+        return plugins.get_decoder(name), Path(rest)
+    path = Path(reference)
+    marker = path / "anybind.json"
+    if marker.is_file():
+        try:
+            named = json.loads(marker.read_text()).get("decoder")
+        except (OSError, json.JSONDecodeError):
+            named = None
+        if named:
+            return decoder_for(modality, named), path
+    return decoder_for(modality), path
+
+
+def load_decoder(reference: str, device=None, modality: str | None = None):
+    """Load the decoder a reference points at (see the module docstring); with ``modality``, it must make that."""
+    spec, path = parse_reference(reference, modality)
+    if modality is not None and spec.modality != modality:
+        raise PluginError(f"{reference}: the {spec.name!r} decoder makes {spec.modality} outputs, not {modality}")
+    return resolve(spec.factory, what=f"factory of decoder {spec.name!r}")(path, device=device)

@@ -1,0 +1,152 @@
+"""``anybind quickstart``: every stage on the sample world, then an interleaved demo.
+
+    world → bind → decoder → align-in → align-out → instruct → demo → eval
+
+The decoder trains in a background process (one thread) beside bind and align-in, which
+use the other core meanwhile: its small convolutions gain little from a second thread, so
+the two together finish sooner than one after the other. align-out, the first stage that
+needs the decoder, waits for it. While the world is built (which leaves a core mostly idle)
+another background process loads the LM backbone once, so that a backbone which converts
+its weights on first use (SmolLM2 from its GGUF) is ready in the cache when align-in starts.
+
+Everything goes under one run directory (:class:`anybind.layout.RunLayout`, default
+``runs/quickstart``), plus ``demo.html`` (the demo conversation, images inline),
+``demo-<n>.png`` and ``metrics.json`` (each stage's time, and every held-out metric).
+
+A stage already complete is skipped, and an interrupted stage resumes from its last
+mid-stage checkpoint, so running the quickstart again continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from anybind.layout import RunLayout
+from anybind.persistence import write_json_atomic
+from anybind.quickstart import stages as stage_functions
+from anybind.quickstart.background import BackgroundJob
+
+STAGES = tuple(name for name, _ in stage_functions.STAGES)
+
+#: The targets the issues set, checked in the summary: (metric, at least).
+TARGETS = {
+    "bind zero-shot (emergent)": 0.90,
+    "bind zero-shot (image)": 0.95,
+    "chat (every modality)": 0.90,
+    "generated digits correct": 0.90,
+    "write-then-draw both and agree": 0.90,
+}
+
+
+@dataclass
+class Quickstart:
+    out: Path
+    backbone: str = "smollm2"  # any backbone reference, e.g. hf:/path/to/causal-lm
+    started_at: float | None = None  # wall-clock start (e.g. before installation, from make)
+    progress: bool = True
+    background_decoder: bool | None = None  # None: when there are at least 2 CPU cores and no GPU
+    decoder_options: tuple[str, ...] = ()  # extra `anybind train decoder` options, e.g. ("--set", "vae_steps=50")
+    record: dict = field(default_factory=dict)
+    jobs: dict[str, BackgroundJob] = field(default_factory=dict, repr=False)
+
+    @property
+    def run(self) -> RunLayout:
+        return RunLayout(self.out)
+
+    def in_background(self) -> bool:
+        if self.background_decoder is not None:
+            return self.background_decoder
+        import torch
+
+        return (os.cpu_count() or 1) >= 2 and not torch.cuda.is_available()
+
+    def run_stages(self) -> dict:
+        """Run every stage (finished ones skip themselves); returns the record written to metrics.json."""
+        from tqdm.auto import tqdm
+
+        self.run.root.mkdir(parents=True, exist_ok=True)
+        if self.run.metrics.is_file():
+            self.record = json.loads(self.run.metrics.read_text())
+        for key in ("trained_this_run", "first_image_at"):
+            self.record.pop(key, None)
+        began = time.time()
+        bar = tqdm(stage_functions.STAGES, desc="quickstart", unit="stage", disable=not self.progress)
+        try:
+            for name, stage in bar:
+                bar.set_postfix_str(name)
+                tqdm.write(f"\n== quickstart: {name} ==")
+                start = time.time()
+                ran, note = stage(self)
+                self._note(name, ran, None if ran is None else time.time() - start, note)
+        finally:
+            for job in self.jobs.values():
+                job.stop()
+            self.jobs.clear()
+        origin = self.started_at or began
+        if "first_image_at" in self.record:
+            self.record["first_interleaved_answer_seconds"] = round(self.record.pop("first_image_at") - origin, 1)
+        self.record["seconds"] = round(time.time() - origin, 1)
+        self.record["summary"] = summary(self.record)
+        self.record.pop("trained_this_run", None)
+        write_json_atomic(self.run.metrics, self.record)
+        return self.record
+
+    def _note(self, name: str, ran: bool | None, seconds: float | None, note: str) -> None:
+        """Record one stage's outcome (``ran`` None: started in the background, timed when joined)."""
+        stages = self.record.setdefault("stages", {})
+        ran = True if ran is None else ran
+        if ran and name not in ("demo", "eval"):
+            self.record["trained_this_run"] = True
+        timed = round(seconds, 1) if ran and seconds is not None else stages.get(name, {}).get("seconds")
+        stages[name] = {"seconds": timed, "ran": ran, "note": note}
+        write_json_atomic(self.run.metrics, self.record)
+
+
+def summary(record: dict) -> dict[str, float]:
+    """The headline numbers, named as in :data:`TARGETS`."""
+    ev = record.get("eval") or {}
+    out: dict[str, float] = {}
+    bind = ev.get("bind", {})
+    emergent = [r["zero_shot_top1"] for r in bind.values() if r.get("emergent")]
+    if emergent:
+        out["bind zero-shot (emergent)"] = min(emergent)
+    trained = [r["zero_shot_top1"] for r in bind.values() if not r.get("emergent")]
+    if trained:
+        out["bind zero-shot (image)"] = trained[0]
+    chat = ev.get("chat", {})
+    if chat:
+        out["chat (every modality)"] = min(max(r.get("image_projector", 0), r.get("own_projector") or 0) for r in chat.values())
+    generate = ev.get("generate", {})
+    if "chat_draw" in generate:
+        out["generated digits correct"] = generate["chat_draw"]["accuracy"]
+    if "chat_write_and_draw" in generate:
+        out["write-then-draw both and agree"] = generate["chat_write_and_draw"]["both_and_agree"]
+    return out
+
+
+def summary_table(record: dict) -> str:
+    """What ``anybind quickstart`` prints at the end: stage times, the metrics against their targets."""
+    from anybind.tables import table
+
+    stages = record.get("stages", {})
+    stage_rows = [[name, f"{s['seconds']:.0f}s" if s.get("seconds") is not None else "-",
+                   "ran" if s.get("ran") else "skipped", s.get("note", "")]
+                  for name, s in ((n, stages[n]) for n in STAGES if n in stages)]
+    lines = [table(["STAGE", "TIME", "", "NOTE"], stage_rows), ""]
+    metric_rows = [[name, f"{value:.3f}", f">= {TARGETS[name]:.2f}", "ok" if value >= TARGETS[name] else "BELOW"]
+                   for name, value in record.get("summary", {}).items()]
+    if metric_rows:
+        lines += [table(["METRIC (held-out)", "VALUE", "TARGET", ""], metric_rows), ""]
+    ev = record.get("eval") or {}
+    if ev.get("bind"):
+        lines.append("zero-shot →text: " + ", ".join(f"{m} {r['zero_shot_top1']:.3f}" for m, r in sorted(ev["bind"].items())))
+    if ev.get("chat"):
+        lines.append("chat: " + ", ".join(f"{m} {r['image_projector']:.3f}" for m, r in sorted(ev["chat"].items())))
+    if "first_interleaved_answer_seconds" in record:
+        s = record["first_interleaved_answer_seconds"]
+        lines.append(f"first interleaved answer after {int(s // 60)}m{int(s % 60):02d}s; whole run {record['seconds'] / 60:.1f} min")
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""The quickstart's stages, in order; each takes the :class:`~anybind.quickstart.run.Quickstart`
+and returns ``(ran, note)`` (``ran`` None: started in the background)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from anybind.quickstart.background import BackgroundJob
+
+
+def world(q) -> tuple:
+    from anybind.data.world import build_world
+
+    warm_backbone(q)
+    if (q.run.world / "manifest.jsonl").is_file():
+        return False, "already built"
+    build_world(q.run.world)
+    return True, ""
+
+
+def warm_backbone(q) -> None:
+    """Load the backbone once in a background process (one thread), unless align-in is done:
+    a backbone that converts its weights on first use then finds them cached."""
+    from anybind.layout import ChatDir
+    from anybind.specs import BINDING_MODALITY
+
+    if q.jobs.get("backbone") or (ChatDir(q.run.chat).projector(BINDING_MODALITY) / "training.json").is_file():
+        return
+    code = "import sys; from anybind.models.backbone import load_backbone; load_backbone(sys.argv[1])"
+    q.jobs["backbone"] = BackgroundJob("backbone load", [sys.executable, "-c", code, q.backbone], q.run.log("backbone"),
+                                       share_cores=False)
+
+
+def decoder(q) -> tuple:
+    import subprocess
+
+    if (q.run.decoder / "anybind.json").is_file():
+        return False, "already trained"
+    command = [sys.executable, "-m", "anybind", "train", "decoder", "--manifest", str(q.run.world),
+               "--out", str(q.run.decoder), *q.decoder_options]
+    if not q.in_background():
+        subprocess.run(command, check=True)
+        return True, ""
+    job = q.jobs["decoder"] = BackgroundJob("decoder training", command, q.run.log("decoder"))
+    return None, f"training in the background beside bind and align-in (log: {job.log})"
+
+
+def join_decoder(q) -> None:
+    job = q.jobs.pop("decoder", None)
+    if job is None:
+        return
+    waited = job.join(q.progress)
+    q.record.setdefault("stages", {})["decoder"] = {
+        "seconds": round(job.seconds, 1), "ran": True,
+        "note": f"in the background beside bind and align-in; align-out waited {waited:.0f}s for it"}
+
+
+def bind(q) -> tuple:
+    from anybind.training.bind import BindSettings, train_bind
+
+    results = train_bind(q.run.world, q.run.bind, settings=BindSettings(progress=q.progress))
+    return bool(results), ", ".join(f"{r['modality']} {r['seconds']:.0f}s" for r in results) or "already trained"
+
+
+def align_in(q) -> tuple:
+    from anybind.training.align_in import AlignSettings, train_align_in
+
+    job = q.jobs.pop("backbone", None)
+    if job is not None:
+        job.process.wait()  # if it failed, align-in's own load says why
+    r = train_align_in(q.run.world, q.run.bind, q.run.chat, backbone=q.backbone, settings=AlignSettings(progress=q.progress))
+    return not r.get("skipped"), "already trained" if r.get("skipped") else f"{r['steps']} steps"
+
+
+def align_out(q) -> tuple:
+    from anybind.training.align_out import AlignOutSettings, train_align_out
+
+    join_decoder(q)
+    r = train_align_out(q.run.world, q.run.chat, str(q.run.decoder), AlignOutSettings(progress=q.progress))
+    return not r.get("skipped"), "already trained" if r.get("skipped") else f"mse {r.get('mse', float('nan')):.3f}"
+
+
+def instruct(q) -> tuple:
+    from anybind.training.instruct import InstructSettings, train_instruct
+
+    r = train_instruct(q.run.world, q.run.chat, InstructSettings(progress=q.progress))
+    return not r.get("skipped"), "already trained" if r.get("skipped") else f"ce {r.get('ce', float('nan')):.3f}"
+
+
+def demo(q) -> tuple:
+    """The world's demo conversation, streamed to the terminal and written to ``demo.html``."""
+    import io
+
+    import anybind
+    from anybind.chat import ChatSession
+    from anybind.chat.events import SamplingOptions
+    from anybind.chat.render import HtmlRenderer, TerminalRenderer
+    from anybind.data.manifest import read_manifest
+    from anybind.persistence import write_text_atomic
+
+    manifest = read_manifest(q.run.world)
+    session = ChatSession(anybind.load(q.run.chat), SamplingOptions(max_new_tokens=96))  # short answers
+    page = io.StringIO()
+    html = HtmlRenderer(page)
+    terminal = TerminalRenderer(sys.stdout, images_dir=q.run.root, prefix="demo")
+    for turn in manifest.demo:
+        attachments = _demo_attachments(manifest, turn.get("attach"))
+        shown = turn["prompt"] + "".join(f" [{Path(a).name}]" for a in attachments)
+        print(f"\nyou> {shown}")
+        html.begin_turn(shown)
+        for event in session.ask(turn["prompt"], attachments):
+            terminal.on(event)
+            html.on(event)
+            sys.stdout.flush()
+            if event.type not in ("text", "notice", "done") and "first_image_at" not in q.record:
+                q.record["first_image_at"] = time.time()
+    html.close()
+    write_text_atomic(q.run.demo_page, page.getvalue())
+    return True, f"{q.run.demo_page}"
+
+
+def _demo_attachments(manifest, attach: dict | None) -> list[str]:
+    """The first held-out file of the asked modality and label, if the world has one."""
+    if not attach:
+        return []
+    modality = attach["modality"]
+    rows = [r for r in manifest.select("test", has=(modality,)) if r.get("label") == attach.get("label")]
+    return [rows[0][modality]] if rows else []
+
+
+def evaluate(q) -> tuple:
+    import anybind
+    from anybind.eval import evaluate_bind, evaluate_chat, evaluate_generate
+
+    if q.record.get("eval") and not q.record.get("trained_this_run"):
+        return False, "already evaluated"
+    chat = anybind.load(q.run.chat)
+    q.record["eval"] = {"bind": evaluate_bind(anybind.load(q.run.bind), q.run.world),
+                        "chat": evaluate_chat(chat, q.run.world, progress=q.progress),
+                        "generate": evaluate_generate(q.run.world, decoder=chat.decoder(), model=chat, progress=q.progress)}
+    return True, ""
+
+
+#: Every stage in the order it runs: the demo before the evaluation, so the first interleaved
+#: answer comes as early as possible.
+STAGES = (("world", world), ("decoder", decoder), ("bind", bind), ("align-in", align_in), ("align-out", align_out),
+          ("instruct", instruct), ("demo", demo), ("eval", evaluate))

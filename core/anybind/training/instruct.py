@@ -1,0 +1,223 @@
+"""Stage ``instruct``: LoRA on the LM, with the projectors, over templated conversations.
+
+align-in and align-out taught a *frozen* LM to read the shared space and to ask for outputs.
+This stage lets the LM itself adapt, a little: low-rank adapters (peft LoRA) on the
+attention of its last layers train together with the input projectors and each output's
+``[TOK0]`` gate, on the multi-turn conversations of :mod:`anybind.training.dialogues`.
+
+Loss: cross-entropy over the extended vocabulary on the final answer (each output's
+``[TOK0]`` where it belongs, the forced ``[TOK1..]`` excluded) plus, per output, the MSE
+(and the mild caption contrast) between the projected ``[TOK]`` states and the decoder's
+encoding of the caption, as in align-out. The output projectors and ``[TOK]`` rows stay as
+align-out left them by default (``image_output_lr_scale``): trained along at the full rate
+they drift on the few outputs in each batch; the adapters instead learn to keep what they
+read in place.
+
+Saved into the chat model directory, beside what the earlier stages wrote (left as is)::
+
+    DIR/instruct/adapter/              adapter_config.json + adapter_model.safetensors (peft)
+    DIR/instruct/projectors/<modality>/
+    DIR/instruct/<modality>_output/
+    DIR/instruct/training.json
+
+:meth:`anybind.chat.model.ChatModel.from_pretrained` merges the adapter into the backbone.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anybind import plugins
+from anybind.chat.conversation import Attachment, Turn, encode, input_embeddings
+from anybind.chat.model import ChatModel
+from anybind.chat.outputs import OutputVocab, pad_contexts
+from anybind.data.manifest import Manifest, read_manifest
+from anybind.errors import InputError
+from anybind.layout import DONE_NAME, ChatDir, decoder_reference_for
+from anybind.models.decoders import load_decoder, parse_reference
+from anybind.models.losses import conditioning_loss
+from anybind.models.space import embed_rows
+from anybind.training.dialogues import Dialogue, encode_dialogue, make_dialogues
+from anybind.training.settings import InstructSettings
+from anybind.training.stage import Stage
+from anybind.training.trainer import LoopSettings, say
+
+
+def _lora_config(model, settings: InstructSettings):
+    from peft import LoraConfig
+
+    layers = int(model.config.num_hidden_layers)
+    chosen = list(range(max(0, layers - settings.layers), layers)) if settings.layers else None
+    return LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=0.0, bias="none",
+                      target_modules=list(settings.target_modules) if settings.target_modules else None,
+                      layers_to_transform=chosen, task_type="CAUSAL_LM")
+
+
+class _Tuner(nn.Module):
+    """Adapters, projectors and outputs, with the loss (one module for Accelerate).
+
+    The LM is held as a plain attribute so checkpoints hold only what trains; its LoRA
+    weights are registered here too (the same tensors), so they train and are saved."""
+
+    def __init__(self, chat: ChatModel, peft_model, cond_of: dict[str, dict[str, torch.Tensor]], settings: InstructSettings):
+        super().__init__()
+        self.chat = chat
+        self.peft_model = peft_model
+        self.lora = nn.ParameterList([p for p in peft_model.parameters() if p.requires_grad])
+        self.projectors = nn.ModuleDict(chat.projectors)
+        self.outputs = nn.ModuleDict(chat.outputs)
+        self.vocab = OutputVocab(list(chat.outputs.values()), chat.backbone.vocab_size)
+        self.cond_of = cond_of  # {modality: {caption: conditioning}}
+        self.banks = {m: torch.stack(list(c.values())) for m, c in cond_of.items() if c}
+        self.settings = settings
+
+    def forward(self, batch: list[Dialogue]) -> tuple[torch.Tensor, dict]:
+        chat = self.chat
+        model = chat.backbone.model
+        soft = [chat.soft_tokens_for(d.encoded, grad=True) for d in batch]
+        embeds, mask = input_embeddings(chat.backbone, [d.encoded for d in batch], soft, pad_left=False)
+        if any(d.outputs for d in batch):
+            embeds = embeds.clone()
+            for row, d in enumerate(batch):
+                for start, modality, _ in d.outputs:
+                    output = self.outputs[modality]
+                    embeds[row, start:start + output.tokens] = output.embed.to(embeds.dtype)
+        hidden = model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state  # (B, T, H)
+        rows = [row for row, d in enumerate(batch) for _ in d.targets]
+        positions = [p for d in batch for p, _ in d.targets]
+        ids = torch.tensor([t for d in batch for _, t in d.targets], device=hidden.device)
+        states = hidden[rows, positions]
+        logits = model.get_output_embeddings()(states).float()
+        if len(self.vocab):
+            logits = torch.cat([logits, self.vocab.gate_logits(states)], dim=-1)
+        ce = F.cross_entropy(logits, ids)
+        parts = {"ce": float(ce.detach())}
+        loss = ce
+        for modality, output in self.outputs.items():
+            made = [(row, start, caption) for row, d in enumerate(batch) for start, m, caption in d.outputs if m == modality]
+            if not made:
+                continue
+            made_states = torch.stack([hidden[row, start:start + output.tokens] for row, start, _ in made])
+            context, context_mask = pad_contexts([hidden[row, :start] for row, start, _ in made])  # right padding: all real
+            target = torch.stack([self.cond_of[modality][c] for _, _, c in made]).to(hidden.device)
+            mse, contrast = conditioning_loss(output(made_states, context, context_mask), target,
+                                              self.banks.get(modality), self.settings.contrast_temperature)
+            loss = loss + self.settings.mse_weight * mse + self.settings.contrast_weight * contrast
+            parts["mse"] = parts.get("mse", 0.0) + float(mse.detach())
+            parts["contrast"] = parts.get("contrast", 0.0) + float(contrast.detach())
+        return loss, parts
+
+
+def _attachments(chat: ChatModel, manifest: Manifest, per_modality: int, seed: int, progress: bool):
+    """Embed a sample of each bound modality's labelled training files: {modality: [(attachment, label)]}."""
+    from tqdm.auto import tqdm
+
+    rng = random.Random(seed)
+    out: dict[str, list[tuple[Attachment, str]]] = {}
+    present = [m for m in manifest.modalities() if m in chat.modalities and m != "text" and m in plugins.modalities()]
+    for modality in tqdm(present, desc="instruct: embedding attachments", unit="modality", leave=False, disable=not progress):
+        rows = [r for r in manifest.select("train", has=(modality,)) if "label" in r]
+        rows = rng.sample(rows, min(per_modality, len(rows)))
+        kept, embeddings = embed_rows(chat, rows, modality)  # unreadable files are skipped (bind reported them)
+        if not kept:
+            continue
+        out[modality] = [(Attachment(modality, str(r[modality]), e), r["label"]) for r, e in zip(kept, embeddings)]
+    if not out:
+        raise InputError(manifest.path, "no labelled training files of any modality this chat model reads")
+    return out
+
+
+def is_instructed(chat_dir) -> bool:
+    return ChatDir(chat_dir).instructed()
+
+
+def train_instruct(manifest_path, chat_dir, settings: InstructSettings | None = None, retrain: bool = False) -> dict:
+    """LoRA-tune the chat model in ``chat_dir`` (after align-in, and align-out if it makes outputs)."""
+    settings = settings or InstructSettings()
+    chat_dir = ChatDir(chat_dir)
+    chat_dir.config()  # a chat model directory, or a clear error
+    stage = Stage("instruct", "lora", chat_dir.path, done=chat_dir.instruct / DONE_NAME,
+                  progress=chat_dir.progress("instruct"), metrics=chat_dir.metrics)
+    with stage.lock():
+        if stage.done and not retrain:
+            return stage.skipped()
+        manifest = read_manifest(manifest_path)
+        if not manifest.labels:
+            raise InputError(manifest.path, "instruct builds its conversations from labels: the manifest has none")
+        torch.manual_seed(settings.seed)
+        chat = ChatModel.from_pretrained(chat_dir.path, instruct=False)  # start from what align-in/out trained
+        chat.backbone.to(stage.accelerator.device)
+        dialogues, attachments = _dialogues(chat, manifest, settings, settings.progress and stage.is_main)
+        record, peft_model = _train(stage, chat, dialogues, attachments, settings)
+
+        def save():
+            peft_model.save_pretrained(str(chat_dir.adapter))
+            for name, projector in chat.projectors.items():
+                projector.save_pretrained(chat_dir.projector(name, tuned=True))
+            for modality, output in chat.outputs.items():
+                output.config.decoder = decoder_reference_for(chat_dir.path, chat.decoder_reference(modality))
+                output.save_pretrained(chat_dir.output(modality, tuned=True))
+
+        stage.finish(record, save)
+        if stage.is_main:
+            chat_dir.update(instruct=chat_dir.instruct.name)
+    return record
+
+
+def _dialogues(chat: ChatModel, manifest: Manifest, settings: InstructSettings, progress: bool):
+    """The encoded training conversations, the LM's own answers written in."""
+    backbone = chat.backbone
+    attachments = _attachments(chat, manifest, settings.per_modality, settings.seed, progress)
+    prompts = {m: parse_reference(chat.decoder_reference(m), m)[0].output_prompts() for m in chat.outputs}
+    dialogues = make_dialogues(manifest, attachments, settings.conversations, settings.seed, prompts)
+    own = [d for d in dialogues if d.answer[0][0] == "own"]
+    if own:
+        for d, text in zip(own, chat.own_answers([d.turns[-1].text for d in own], 32, progress)):
+            d.answer = [("text", text or "OK.")]
+    vocab = OutputVocab(list(chat.outputs.values()), backbone.vocab_size)
+    end_id = encode(backbone.tokenizer, [Turn("user", "Hi")], 1, answer="Hello.").ids[-1]
+    for d in dialogues:
+        encode_dialogue(backbone.tokenizer, d, chat.soft_tokens, vocab, end_id)
+    return dialogues, attachments
+
+
+def _train(stage: Stage, chat: ChatModel, dialogues: list[Dialogue], attachments, settings: InstructSettings):
+    from peft import get_peft_model
+
+    cond_of = {}
+    for modality in chat.outputs:
+        decoder = load_decoder(chat.decoder_reference(modality), device=stage.accelerator.device, modality=modality)
+        captions = sorted({c for d in dialogues for _, m, c in d.outputs if m == modality})
+        cond_of[modality] = dict(zip(captions, decoder.encode_prompt(captions).cpu())) if captions else {}
+        del decoder
+    for module in chat.projectors.values():
+        module.train().requires_grad_(True)
+    for output in chat.outputs.values():
+        output.train().requires_grad_(settings.image_output_lr_scale > 0)
+        output.head.requires_grad_(True)  # the [TOK0] gate ("make one now?") follows the adapters at the full rate
+    peft_model = get_peft_model(chat.backbone.model, _lora_config(chat.backbone.model, settings))
+    tuner = _Tuner(chat, peft_model, cond_of, settings)
+    trainable = sum(p.numel() for p in tuner.parameters() if p.requires_grad)
+    say(stage.accelerator, f"instruct: {len(dialogues)} conversations ({', '.join(sorted(attachments))} attachments), "
+                           f"LoRA r={settings.rank} on the last {settings.layers or 'all'} layers, {trainable:,} "
+                           f"trainable parameters, {settings.steps} steps")
+    last: dict[str, float] = {}
+
+    def step_fn(model, indices):
+        loss, parts = model([dialogues[i] for i in indices])
+        last.update(parts)
+        return loss
+
+    scales = {f"outputs.{m}.head.": 1.0 for m in chat.outputs}
+    loop = LoopSettings(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
+                        save_every=settings.save_every, progress=settings.progress,
+                        lr_scales={**scales, "outputs.": settings.image_output_lr_scale})
+    seconds = stage.run_loop(module=tuner, n_rows=len(dialogues), step_fn=step_fn, loop=loop, report=lambda _: dict(last))
+    record = {"steps": settings.steps, "seconds": round(seconds, 2), "conversations": len(dialogues),
+              "rank": settings.rank, "layers": settings.layers, "lr": settings.lr, "batch_size": settings.batch_size,
+              "trainable_parameters": trainable, **{k: round(v, 4) for k, v in last.items()}}
+    return record, peft_model

@@ -1,0 +1,78 @@
+"""Every stage's settings, as dataclasses whose defaults are the defaults: the CLI reads its
+option defaults from here, so they are never written twice (and importing this is light)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class BindSettings:
+    embed_dim: int = 128
+    steps: int | None = None  # overrides every modality's default
+    batch_size: int | None = None
+    lr: float | None = None
+    save_every: int = 100
+    seed: int = 0
+    on_bad_row: str = "skip"  # or "stop"
+    progress: bool = True
+
+
+@dataclass
+class AlignSettings:
+    steps: int = 150
+    batch_size: int = 16
+    lr: float = 1e-3
+    tokens: int = 4  # soft tokens per attachment
+    hidden: int = 1024
+    seed: int = 0
+    save_every: int = 50
+    on_bad_row: str = "skip"
+    progress: bool = True
+
+
+@dataclass
+class AlignOutSettings:
+    # 150 steps over 360 conversations: requests drawn right 0.95-0.96 (300 over 480: 0.99-1.00)
+    # in half the time; the quickstart's 15-minute budget (bench/RESULTS.md).
+    steps: int = 150
+    batch_size: int = 32
+    lr: float = 1e-3
+    tokens: int = 4  # k generative tokens
+    width: int = 256
+    layers: int = 2
+    examples: int = 360  # distinct templated conversations (half with images)
+    mse_weight: float = 1.0
+    # Contrast: the projected conditioning must be nearer its own caption's encoding than any
+    # other caption's (cross-entropy over negative distances / temperature), beside the MSE.
+    contrast_weight: float = 0.05
+    contrast_temperature: float = 0.02
+    context: bool = True  # the output projector also reads the conversation before [IMG0]
+    guidance: float | None = 5.0  # what the chat draws with (None: the decoder's own default)
+    seed: int = 0
+    save_every: int = 100
+    progress: bool = True
+
+
+@dataclass
+class InstructSettings:
+    steps: int = 60
+    batch_size: int = 8
+    lr: float = 1e-3
+    rank: int = 8  # LoRA rank
+    alpha: int = 16
+    layers: int = 8  # adapters on the LM's last N layers (0: all): backward stops below them
+    target_modules: tuple[str, ...] | None = None  # default: peft's choice for the architecture
+    conversations: int = 480
+    per_modality: int = 120  # attachments embedded per modality
+    mse_weight: float = 1.0
+    # The outputs' [TOK] rows and projectors learn at lr * this (0: kept as align-out left them;
+    # the adapters learn to keep the states they read where they read them). At the full rate
+    # the projector drifts on the few drawings per batch: requests drawn right fell from 0.99
+    # to 0.82-0.87. Each output's [TOK0] gate ("make one now?") always trains at the full rate.
+    image_output_lr_scale: float = 0.0
+    contrast_weight: float = 0.05  # as in align-out: each drawing's conditioning nearest its own caption
+    contrast_temperature: float = 0.02
+    seed: int = 0
+    save_every: int = 50
+    progress: bool = True
