@@ -93,6 +93,16 @@ def small_world(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def every_world(tmp_path_factory):
+    """A few digits of every installed modality that writes sample-world data (parsed manifest)."""
+    from anybind.data import read_manifest
+
+    root = tmp_path_factory.mktemp("every-modality")
+    run_cli("world", "build", str(root), "--limit", "20", "--small", check=True, timeout=600)
+    return read_manifest(root)
+
+
+@pytest.fixture(scope="session")
 def small_bound(small_world, tmp_path_factory):
     out = tmp_path_factory.mktemp("small-bind") / "bind"
     run_cli("train", "bind", "--manifest", str(small_world), "--out", str(out), "--steps", "30", "--batch-size", "32", check=True)

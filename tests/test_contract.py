@@ -28,14 +28,6 @@ MODALITIES = sorted(plugins.modalities())
 DECODERS = sorted(plugins.decoders())
 
 
-@pytest.fixture(scope="module")
-def every_world(tmp_path_factory):
-    """A few digits of every installed modality that writes sample-world data."""
-    root = tmp_path_factory.mktemp("every-modality")
-    run_cli("world", "build", str(root), "--limit", "20", "--small", check=True, timeout=600)
-    return read_manifest(root)
-
-
 def _raw_sample(modality: str, world, tmp_path):
     spec = plugins.get_modality(modality)
     rows = world.select(has=(modality,)) if modality in world.modalities() else []

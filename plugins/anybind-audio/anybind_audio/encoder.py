@@ -21,6 +21,8 @@ class Audio:
     sample_rate: int
 
 
+#: Longer audio is cut to its first MAX_SECONDS while reading (the encoder reads a short window).
+MAX_SECONDS = 60
 #: What libsndfile must find in a file of each suffix it reads.
 CONTAINERS = {".wav": ("WAV", "WAVEX", "RF64", "W64"), ".flac": ("FLAC",), ".ogg": ("OGG",)}
 
@@ -34,10 +36,12 @@ def load_audio(path) -> Audio:
         import soundfile as sf
 
         try:
-            found = sf.info(str(path)).format
-            if found not in CONTAINERS[path.suffix.lower()]:  # libsndfile guesses a format even for noise
-                raise InputError(path, f"not a {path.suffix[1:].upper()} file (its content reads as {found})")
-            data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+            info = sf.info(str(path))
+            if info.format not in CONTAINERS[path.suffix.lower()]:  # libsndfile guesses a format even for noise
+                raise InputError(path, f"not a {path.suffix[1:].upper()} file (its content reads as {info.format})")
+            # A long recording is cut, never read whole: the first MAX_SECONDS are plenty for a clip.
+            data, rate = sf.read(str(path), frames=int(min(info.frames, info.samplerate * MAX_SECONDS)),
+                                 dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
             raise InputError(path, f"not readable audio ({exc})") from None
         samples = data.mean(axis=1)
@@ -60,12 +64,18 @@ def _decode_with_pyav(path: Path) -> tuple[np.ndarray, int]:
             if not container.streams.audio:
                 raise InputError(path, "has no audio stream")
             stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate or SAMPLE_RATE)
-            chunks = [c.to_ndarray().reshape(-1) for frame in container.decode(stream) for c in resampler.resample(frame)]
             rate = stream.rate or SAMPLE_RATE
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            chunks, kept = [], 0
+            for frame in container.decode(stream):
+                for chunk in resampler.resample(frame):
+                    chunks.append(chunk.to_ndarray().reshape(-1))
+                    kept += len(chunks[-1])
+                if kept >= rate * MAX_SECONDS:  # cut, as for the formats above
+                    break
     except InputError:
         raise
-    except (av.FFmpegError, ValueError) as exc:
+    except (av.FFmpegError, ValueError, IndexError) as exc:
         raise InputError(path, f"not readable audio ({exc})") from None
     return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), rate
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from struct import error as struct_error
+
 import numpy as np
 import torch
 
 from anybind.errors import InputError
 from anybind.modality import EncoderOutput, ModalityEncoder
+
+
+#: Larger images are refused before they are decoded (a 4K photo is 8.3 megapixels).
+MAX_PIXELS = 50_000_000
 
 
 def load_image(path):
@@ -21,11 +27,18 @@ def load_image(path):
         raise InputError(path, "empty image file")
     try:
         with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:  # the header's size, checked before decoding
+                raise InputError(path, f"image is {img.width}x{img.height}; at most {MAX_PIXELS // 1_000_000} "
+                                       "megapixels are read (downscale it first)")
             img.load()  # decode now: truncated files fail here, not later
             img = img.convert("RGB")
+    except InputError:
+        raise
     except UnidentifiedImageError:
         raise InputError(path, "not an image Pillow can read (corrupt or wrong suffix?)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow refuses it while opening
+        raise InputError(path, f"image is too large to read ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct_error) as exc:
         raise InputError(path, f"corrupt or truncated image ({exc})") from None
     if img.width < 2 or img.height < 2:
         raise InputError(path, f"image is {img.width}x{img.height}; needs at least 2x2 pixels")

@@ -9,6 +9,9 @@ import numpy as np
 from anybind.errors import InputError
 
 MIN_POINTS = 16
+#: More points are refused before they are read (a dense scan has a few million).
+MAX_POINTS = 5_000_000
+MAX_BYTES = 1 << 30
 _PLY_TYPES = {"float": "f4", "float32": "f4", "double": "f8", "float64": "f8", "uchar": "u1", "uint8": "u1",
               "char": "i1", "int8": "i1", "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
               "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4"}
@@ -29,6 +32,8 @@ def _read_ply(path: Path) -> np.ndarray:
             in_vertex = parts[1] == "vertex"
             if in_vertex:
                 count = int(parts[2])
+                if not 0 <= count <= MAX_POINTS:
+                    raise InputError(path, f"header promises {count} vertices; at most {MAX_POINTS:,} are read")
         elif parts[:1] == ["property"] and in_vertex:
             if parts[1] == "list":
                 raise InputError(path, "list properties on vertices are not supported")
@@ -64,6 +69,8 @@ def _read_off(path: Path) -> np.ndarray:
     rest = tokens[1:] if tokens[0] == "OFF" else [tokens[0][3:], *tokens[1:]]
     try:
         n = int(rest[0])
+        if n > MAX_POINTS:
+            raise InputError(path, f"header promises {n} vertices; at most {MAX_POINTS:,} are read")
         return np.array(rest[3 : 3 + 3 * n], dtype=np.float32).reshape(n, 3)
     except (ValueError, IndexError):
         raise InputError(path, "malformed OFF vertex list") from None
@@ -71,8 +78,11 @@ def _read_off(path: Path) -> np.ndarray:
 
 def load_points(path) -> np.ndarray:
     path = Path(path)
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise InputError(path, "empty point-cloud file")
+    if size > MAX_BYTES:
+        raise InputError(path, f"{size / 2**30:.1f} GiB; point clouds of at most {MAX_BYTES >> 30} GiB are read")
     suffix = path.suffix.lower()
     try:
         if suffix == ".ply":
@@ -80,12 +90,14 @@ def load_points(path) -> np.ndarray:
         elif suffix == ".off":
             points = _read_off(path)
         elif suffix == ".npy":
-            points = np.load(path, allow_pickle=False)
+            points = np.load(path, allow_pickle=False, mmap_mode="r")  # the shape first, the data once it fits
+            if points.size > 3 * MAX_POINTS:
+                raise InputError(path, f"array of shape {points.shape}; at most {MAX_POINTS:,} points are read")
         else:  # .xyz: one "x y z [...]" row per point
             points = np.loadtxt(path, dtype=np.float32, ndmin=2)[:, :3]
     except InputError:
         raise
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
+    except (ValueError, OSError, UnicodeDecodeError, IndexError, TypeError, EOFError) as exc:
         raise InputError(path, f"unreadable point cloud ({exc})") from None
     points = np.asarray(points, dtype=np.float32)
     if points.ndim != 2 or points.shape[1] < 3:

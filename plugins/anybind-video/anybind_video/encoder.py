@@ -14,8 +14,15 @@ from anybind.errors import InputError
 from anybind.modality import EncoderOutput, ModalityEncoder
 
 
+#: Frames decoded at most (a long video is cut), and the longest side a frame is kept at: a 4K
+#: ten-minute video is read as its first MAX_FRAMES frames, each downscaled while decoding.
+MAX_FRAMES = 512
+MAX_SIDE = 256
+
+
 def load_video(path) -> np.ndarray:
-    """Decode every frame as RGB: (F, H, W, 3) uint8. Errors name the file."""
+    """Decode the frames as RGB: (F, H, W, 3) uint8, at most MAX_FRAMES of at most MAX_SIDE pixels a side.
+    Errors name the file."""
     import av
 
     path = Path(path)
@@ -25,12 +32,18 @@ def load_video(path) -> np.ndarray:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise InputError(path, "has no video stream")
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+            frames = []
+            for frame in container.decode(video=0):
+                scale = min(1.0, MAX_SIDE / max(frame.width, frame.height, 1))
+                frames.append(frame.to_ndarray(format="rgb24", width=max(1, round(frame.width * scale)),
+                                               height=max(1, round(frame.height * scale))))
+                if len(frames) >= MAX_FRAMES:
+                    break
     except InputError:
         raise
     except av.error.EOFError:
         raise InputError(path, "video has no frames (empty or truncated stream)") from None
-    except (av.FFmpegError, ValueError, UnicodeDecodeError) as exc:
+    except (av.FFmpegError, ValueError, UnicodeDecodeError, IndexError, MemoryError) as exc:
         raise InputError(path, f"not a readable video ({exc})") from None
     if not frames:
         raise InputError(path, "video has no frames")
