@@ -2,7 +2,7 @@
 
 A *run directory* (what ``anybind quickstart`` writes; each part can also live on its own)::
 
-    RUN/world/    RUN/bind/    RUN/decoder/    RUN/chat/    RUN/metrics.json    RUN/demo.html
+    RUN/world/    RUN/world-ood/    RUN/bind/    RUN/decoder/    RUN/chat/    RUN/metrics.json    RUN/demo.html
 
 A *chat model directory* (written by align-in, then align-out and instruct)::
 
@@ -41,6 +41,7 @@ class RunLayout:
         object.__setattr__(self, "root", Path(self.root))
 
     world = property(lambda self: self.root / "world")
+    world_ood = property(lambda self: self.root / "world-ood")  # evaluation only: made differently, all held out
     bind = property(lambda self: self.root / "bind")
     decoder = property(lambda self: self.root / "decoder")
     chat = property(lambda self: self.root / "chat")

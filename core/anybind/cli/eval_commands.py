@@ -8,6 +8,7 @@ import click
 
 from anybind.cli.app import cli
 from anybind.cli.train_commands import DEFAULT_BIND, DEFAULT_CHAT, DEFAULT_DECODER, DEFAULT_WORLD
+from anybind.layout import DEFAULT_RUN
 from anybind.specs import BINDING_MODALITY
 from anybind.tables import table
 
@@ -17,13 +18,31 @@ def eval_group():
     """Evaluate trained models on held-out data."""
 
 
+DEFAULT_OOD = str(DEFAULT_RUN.world_ood)
+
+
+def _suite(manifest: str | None, suite: str) -> str:
+    """The manifest to evaluate on: the one given, else the suite's world (which must exist)."""
+    from pathlib import Path
+
+    if manifest is not None:
+        return manifest
+    if suite == "ood" and not Path(DEFAULT_OOD).exists():
+        raise click.UsageError(f"no out-of-distribution world at {DEFAULT_OOD}; build it with: "
+                               f"anybind world build {DEFAULT_OOD} --variant ood")
+    return DEFAULT_OOD if suite == "ood" else DEFAULT_WORLD
+
+
 @eval_group.command(name="bind")
 @click.option("--model", "model_dir", default=DEFAULT_BIND, show_default=True, type=click.Path())
-@click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path())
+@click.option("--manifest", default=None, type=click.Path(),
+              help=f"Manifest file or world folder (default: {DEFAULT_WORLD}, or with --suite ood {DEFAULT_OOD}).")
+@click.option("--suite", type=click.Choice(["sample", "ood"]), default="sample", show_default=True,
+              help="ood: the out-of-distribution world (anybind world build DIR --variant ood).")
 @click.option("--modality", "modalities", multiple=True)
 @click.option("--prompt", help="Zero-shot prompt template with {label} (default: the world's, e.g. 'a handwritten {label}').")
 @click.option("--json", "as_json", is_flag=True)
-def eval_bind_command(model_dir, manifest, modalities, prompt, as_json):
+def eval_bind_command(model_dir, manifest, suite, modalities, prompt, as_json):
     """Zero-shot top-1 vs text prompts, retrieval R@1 and a linear probe, per modality."""
     import anybind
     from anybind.eval import evaluate_bind
@@ -34,7 +53,7 @@ def eval_bind_command(model_dir, manifest, modalities, prompt, as_json):
 
         trained = read_config(model_dir).get("modalities", [])
         towers = [m for m in trained if m in {"text", BINDING_MODALITY, *modalities}]
-    results = evaluate_bind(anybind.load(model_dir, towers), manifest, list(modalities) or None, prompt)
+    results = evaluate_bind(anybind.load(model_dir, towers), _suite(manifest, suite), list(modalities) or None, prompt)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
@@ -46,18 +65,21 @@ def eval_bind_command(model_dir, manifest, modalities, prompt, as_json):
 
 @eval_group.command(name="chat")
 @click.option("--model", "model_dir", default=DEFAULT_CHAT, show_default=True, type=click.Path())
-@click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path())
+@click.option("--manifest", default=None, type=click.Path(),
+              help=f"Manifest file or world folder (default: {DEFAULT_WORLD}, or with --suite ood {DEFAULT_OOD}).")
+@click.option("--suite", type=click.Choice(["sample", "ood"]), default="sample", show_default=True,
+              help="ood: the out-of-distribution world (anybind world build DIR --variant ood).")
 @click.option("--modality", "modalities", multiple=True)
 @click.option("--limit", type=int, default=100, show_default=True, help="Held-out attachments per modality.")
 @click.option("--json", "as_json", is_flag=True)
-def eval_chat_command(model_dir, manifest, modalities, limit, as_json):
+def eval_chat_command(model_dir, manifest, suite, modalities, limit, as_json):
     """Ask which label each held-out attachment shows or says; accuracy per modality."""
     import anybind
     from anybind.layout import ChatDir
     from anybind.eval import evaluate_chat
 
     ChatDir(model_dir).config()  # a clear error before loading anything heavy
-    results = evaluate_chat(anybind.load(model_dir), manifest, list(modalities) or None, limit=limit)
+    results = evaluate_chat(anybind.load(model_dir), _suite(manifest, suite), list(modalities) or None, limit=limit)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
@@ -115,3 +137,31 @@ def eval_generate_command(model_dir, decoder, manifest, per_label, steps, seed, 
                    f"{r['both_and_agree']:.3f} (n={r['asked']})")
         for e in r["examples"][:2]:
             click.echo(f"  {e['prompt']!r} -> {e['text']!r} + {e['images']} image(s)")
+
+
+@eval_group.command(name="conversations")
+@click.option("--model", "model_dir", default=DEFAULT_CHAT, show_default=True, type=click.Path())
+@click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path(),
+              help="Where the held-out attachments come from (and the judge's real training files).")
+@click.option("-n", "conversations", type=click.IntRange(3), default=15, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def eval_conversations_command(model_dir, manifest, conversations, seed, as_json):
+    """Multi-turn conversations mixing modalities: each behaviour (the current attachment, plain
+    chat, making and naming what an earlier turn was about, a change of subject, several
+    attachments at once) scored on its own."""
+    import anybind
+    from anybind.data import read_manifest
+    from anybind.eval import evaluate_conversations, output_judge
+
+    model, world = anybind.load(model_dir), read_manifest(manifest)
+    results = evaluate_conversations(model, world, conversations=conversations, seed=seed,
+                                     judge=output_judge(model, world))
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    rows = [[b, f"{v:.3f}", str(results["n"][b])] for b, v in results["behaviours"].items()]
+    click.echo(table(["BEHAVIOUR", "ACCURACY", "N"], rows))
+    for failure in results["failures"][:3]:
+        click.echo(f"  {failure['behaviour']}: {failure['asked']!r} -> {failure['answer']!r} "
+                   f"(expected {', '.join(failure['expected'])}; {failure['outputs']} output(s))")

@@ -30,8 +30,10 @@ def world():
 @click.option("--modality", "modalities", multiple=True, help="Only these modalities (default: every installed one).")
 @click.option("--limit", type=int, help="Use only this many digits (quick builds).")
 @click.option("--small", is_flag=True, help="Fewer variants per modality (for tests).")
+@click.option("--variant", type=click.Choice(["sample", "ood"]), default="sample", show_default=True,
+              help="ood: an evaluation set made differently (other fonts, styles, voices, containers), all held out.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def world_build(directory, modalities, limit, small, seed):
+def world_build(directory, modalities, limit, small, variant, seed):
     """Write the sample world's files and manifest.jsonl into DIRECTORY."""
     import time
 
@@ -39,7 +41,7 @@ def world_build(directory, modalities, limit, small, seed):
     from anybind.data.world import build_world
 
     began = time.time()
-    manifest = build_world(directory, modalities or None, limit=limit, seed=seed, small=small)
+    manifest = build_world(directory, modalities or None, limit=limit, seed=seed, small=small, variant=variant)
     parsed = read_manifest(manifest)
     counts = {m: len(parsed.select(has=(m,))) for m in parsed.modalities()}
     click.echo(f"Wrote {manifest} in {time.time() - began:.1f}s: " + ", ".join(f"{n} {m}" for m, n in counts.items()))

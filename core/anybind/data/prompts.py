@@ -44,6 +44,18 @@ CHAT = ("What is 2+3?", "Say hello.", "Name a color.", "What is 7 times 8?", "Te
 #: Follow-ups that ask for the earlier answer's label in one word.
 FOLLOW_NAME = ("Name it in one word.", "Just the word, please.", "Say it in one word.")
 
+#: Asking again which one the last attachment was (training wording), and about several at once.
+SAY_AGAIN = ("Which {kind} was it again?", "What was that {kind}?", "Remind me what it was.", "And which one was that?")
+SEVERAL = ("What {kind}s are these?", "Which {kind}s do these show?", "Name both of them.", "What are these two?")
+
+#: The multi-turn evaluation's own wording (never trained on): plain questions between the turns
+#: about attachments, asking again about the last attachment, and about several at once.
+EVAL_PLAIN = ("What colour is the sky on a clear day?", "Name a fruit that is yellow.", "What is the opposite of hot?",
+              "Say hello to me.", "What do bees make?", "Is water wet?")
+EVAL_SAY_AGAIN = ("Remind me, which {kind} was that?", "Which {kind} was in my last attachment?",
+                  "Tell me again which {kind} that was.")
+EVAL_SEVERAL = ("Which {kind}s are these?", "Tell me what each of these shows.", "Name the {kind}s I attached.")
+
 
 @dataclass(frozen=True)
 class OutputPrompts:
@@ -60,6 +72,8 @@ class OutputPrompts:
     #: evaluation requests, worded unlike the training ones
     eval_request: tuple[str, ...]
     eval_write_and: tuple[str, ...]
+    eval_follow: tuple[str, ...] = ()
+    eval_ask_made: tuple[str, ...] = ()
 
 
 def sentence(text: str) -> str:

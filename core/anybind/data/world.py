@@ -1,10 +1,16 @@
 """The sample world: real data for every installed modality, plus a manifest (:mod:`anybind.data.manifest`).
 
-The world is built around sklearn's 1,797 real handwritten digits. Core provides the
+The world is built around sklearn's 1,797 real handwritten digits, with digits printed in
+real fonts added to the training split (:mod:`anybind.data.printed`). Core provides the
 digits, their held-out split and the captions; each modality plugin writes its own
 part through the ``world`` factory of its :class:`~anybind.specs.ModalitySpec`
 (``world(builder)``), attaching files either to one digit (an instance pair, e.g. a video
 of *that* seven) or to a class label (e.g. the word "seven" spoken).
+
+The ``ood`` variant (``build_world(..., variant="ood")``) is an evaluation set made
+differently: digits printed in font families the training world never used, every row held
+out, and each plugin writes its part in styles of its own that training never showed
+(``builder.variant``).
 
 Its ``world.json`` says everything the stages need to know about digits in words (see
 :mod:`anybind.data.manifest`); this is the only module that knows them.
@@ -31,6 +37,15 @@ CAPTION_TEMPLATES = (
     "a picture of the digit {word}",
     "a scanned {word}",
 )
+PRINTED_TEMPLATES = (
+    "a printed {word}",
+    "the digit {digit} in print",
+    "a typed number {word}",
+    "the number {word}, printed",
+    "a picture of the printed digit {word}",
+    "a {word} set in type",
+)
+VARIANTS = ("sample", "ood")
 PROMPT_TEMPLATE = "a handwritten {label}"
 #: What ``eval chat`` asks about each held-out attachment, and how align-in answers it.
 QUESTION = "Which digit is this?"
@@ -47,11 +62,20 @@ DEMO = (
 
 @dataclass
 class Digits:
-    """The real digits: ``images`` (N, 8, 8) in [0, 1], ``labels`` (N,) ints, ``splits`` (N,)."""
+    """Digits as ink: ``images`` (N, 8, 8) in [0, 1], ``labels`` (N,) ints, ``splits`` (N,); for a
+    printed digit, ``glyphs[i]`` is also its (32, 32) print (``None`` for handwriting)."""
 
     images: np.ndarray
     labels: np.ndarray
     splits: list[str]
+    glyphs: list | None = None
+
+    def __post_init__(self):
+        if self.glyphs is None:
+            self.glyphs = [None] * len(self.labels)
+
+    def printed(self, index: int) -> bool:
+        return self.glyphs[index] is not None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -79,21 +103,49 @@ def load_digits(limit: int | None = None, test_fraction: float = 0.2) -> Digits:
     return Digits(images, labels, splits)
 
 
+def _printed(families: tuple[str, ...], per_font: int, fonts: int | None, rng, split: str) -> Digits:
+    from anybind.data.printed import ink_grid, printed_digits
+
+    glyphs, labels = printed_digits(families, per_font, rng, fonts)
+    grids = np.stack([ink_grid(g) for g in glyphs]).astype(np.float32)
+    return Digits(grids, np.array(labels, dtype=np.int64), [split] * len(labels), glyphs)
+
+
+def with_printed(digits: Digits, per_font: int, fonts: int | None, seed: int) -> Digits:
+    """``digits`` plus every digit printed in the training font families, in the training split."""
+    from anybind.data.printed import TRAIN_FAMILIES
+
+    printed = _printed(TRAIN_FAMILIES, per_font, fonts, np.random.default_rng(seed + 1), "train")
+    return Digits(np.concatenate([digits.images, printed.images]), np.r_[digits.labels, printed.labels],
+                  digits.splits + printed.splits, digits.glyphs + printed.glyphs)
+
+
+def ood_digits(per_font: int, fonts: int | None, seed: int) -> Digits:
+    """Digits printed in the font families the training world never used; every one held out."""
+    from anybind.data.printed import OOD_FAMILIES
+
+    return _printed(OOD_FAMILIES, per_font, fonts, np.random.default_rng(seed + 2), "test")
+
+
 class WorldBuilder:
     """What a plugin's ``world(builder)`` factory gets: the digits and where to write."""
 
-    def __init__(self, root: Path, digits: Digits, seed: int = 0, small: bool = False):
+    def __init__(self, root: Path, digits: Digits, seed: int = 0, small: bool = False, variant: str = "sample"):
         self.root = Path(root)
         self.digits = digits
+        self.seed = seed
         self.rng = random.Random(seed)
         self.np_rng = np.random.default_rng(seed)
         #: True for quick builds (tests): plugins should write fewer variants.
         self.small = small
+        #: "sample" (train and held-out) or "ood" (held out only, made in other styles than training saw).
+        self.variant = variant
         self.labels = list(DIGIT_WORDS)
         self._digit_rows: list[dict[str, Any]] = []
         for i in range(len(digits)):
             word = digits.word(i)
-            template = CAPTION_TEMPLATES[i % len(CAPTION_TEMPLATES)]
+            templates = PRINTED_TEMPLATES if digits.printed(i) else CAPTION_TEMPLATES
+            template = templates[i % len(templates)]
             self._digit_rows.append(
                 {
                     "id": f"d{i:05d}",
@@ -142,8 +194,10 @@ def build_world(
     seed: int = 0,
     small: bool = False,
     progress: bool = True,
+    variant: str = "sample",
 ) -> Path:
-    """Write the sample world for the installed (or named) modalities; return the manifest path."""
+    """Write the sample world (or its ``ood`` variant) for the installed (or named) modalities;
+    return the manifest path."""
     from tqdm.auto import tqdm
 
     from anybind import plugins
@@ -158,7 +212,12 @@ def build_world(
         spec = plugins.get_modality(name)
         if spec.world is None:
             raise InputError(root, f"the {name} plugin ({plugins.modality_owner(name)}) does not build sample-world data")
-    builder = WorldBuilder(root, load_digits(limit), seed=seed, small=small)
+    if variant not in VARIANTS:
+        raise InputError(root, f"unknown world variant {variant!r} (known: {', '.join(VARIANTS)})")
+    fonts = 3 if small else None
+    digits = with_printed(load_digits(limit), 1 if small else 2, fonts, seed) if variant == "sample" \
+        else ood_digits(1, fonts, seed)
+    builder = WorldBuilder(root, digits, seed=seed, small=small, variant=variant)
     bar = tqdm(names, desc="world", unit="modality", disable=not progress)
     for name in bar:
         bar.set_postfix_str(name)
@@ -170,7 +229,7 @@ def build_world(
         {"prompt": PROMPT_TEMPLATE, "labels": builder.labels, "question": QUESTION, "answer": ANSWER_TEMPLATE,
          "aliases": {word: [str(i)] for i, word in enumerate(DIGIT_WORDS)}, "kind": "digit",
          "subject": "the number {label}", "questions": list(QUESTIONS), "facts": digit_facts(), "demo": list(DEMO),
-         "modalities": names, "seed": seed, "digits": len(builder.digits)},
+         "modalities": names, "seed": seed, "digits": len(builder.digits), "variant": variant},
     )
     return manifest
 

@@ -1,10 +1,13 @@
 """Evaluation: the shared space (:mod:`~anybind.eval.bind`), chat about attachments
-(:mod:`~anybind.eval.chat`) and generated outputs judged by an independent classifier
+(:mod:`~anybind.eval.chat`), multi-turn conversations (:mod:`~anybind.eval.conversations`) and
+generated outputs judged by an independent classifier
 (:mod:`~anybind.eval.generate`, :mod:`~anybind.eval.judge`), each returning a dict of
 held-out metrics."""
 
 from anybind.eval.bind import evaluate_bind
 from anybind.eval.chat import evaluate_chat, mentioned_label
-from anybind.eval.generate import evaluate_generate
+from anybind.eval.conversations import evaluate_conversations
+from anybind.eval.generate import evaluate_generate, output_judge
 
-__all__ = ["evaluate_bind", "evaluate_chat", "evaluate_generate", "mentioned_label"]
+__all__ = ["evaluate_bind", "evaluate_chat", "evaluate_conversations", "evaluate_generate", "mentioned_label",
+           "output_judge"]

@@ -11,17 +11,23 @@ from anybind.specs import BINDING_MODALITY
 from anybind.models.space import embed_rows
 
 
-def mentioned_label(answer: str, labels: list[str], aliases: dict[str, list[str]] | None = None) -> str | None:
-    """The label an answer names first (by word, or an alias such as "7" for "seven"), if any."""
+def mentioned_labels(answer: str, labels: list[str], aliases: dict[str, list[str]] | None = None) -> list[str]:
+    """Every label an answer names (by word, or an alias such as "7" for "seven"), in the order it names them."""
     import re
 
-    best = None
+    found = {}
     for label in labels:
         for spelling in [label, *(aliases or {}).get(label, [])]:
             match = re.search(rf"(?<![\w-]){re.escape(spelling)}(?![\w-])", answer, flags=re.IGNORECASE)
-            if match and (best is None or match.start() < best[0]):
-                best = (match.start(), label)
-    return best[1] if best else None
+            if match:
+                found[label] = min(found.get(label, match.start()), match.start())
+    return sorted(found, key=found.get)
+
+
+def mentioned_label(answer: str, labels: list[str], aliases: dict[str, list[str]] | None = None) -> str | None:
+    """The label an answer names first, if any."""
+    named = mentioned_labels(answer, labels, aliases)
+    return named[0] if named else None
 
 
 def evaluate_chat(model, manifest: Manifest | Path | str, modalities: list[str] | None = None, limit: int = 100,

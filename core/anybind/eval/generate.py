@@ -46,19 +46,31 @@ def evaluate_generate(manifest: Manifest | Path | str, *, decoder=None, model=No
     if model is not None and not model.outputs:
         model = None
     modality = modality or (model.output().modality if model is not None else decoder_for().modality)
-    spec = decoder_for(modality)
-    if spec.judge is None:
-        raise InputError(manifest.path, f"the {spec.name} decoder's plugin gives no judge of {modality} outputs")
-    judge = resolve(spec.judge, what=f"judge of decoder {spec.name!r}")(manifest, modality)
+    judge = _judge(manifest, modality)
     results: dict = {"modality": modality,
                      "judge_accuracy_on_real": round(judge.accuracy, 4) if judge.accuracy is not None else None}
     if decoder is not None:
         results["decoder"] = _from_captions(judge, manifest, decoder, per_label, steps, seed, progress)
     if model is not None:
-        prompts = spec.output_prompts()
+        prompts = decoder_for(modality).output_prompts()
         results["chat_draw"] = _asked(judge, manifest, model, prompts.eval_request, per_label, steps, seed, progress)
         results["chat_write_and_draw"] = _write_and(judge, manifest, model, prompts.eval_write_and, steps, seed, progress)
     return results
+
+
+def _judge(manifest: Manifest, modality: str) -> Judge:
+    spec = decoder_for(modality)
+    if spec.judge is None:
+        raise InputError(manifest.path, f"the {spec.name} decoder's plugin gives no judge of {modality} outputs")
+    return resolve(spec.judge, what=f"judge of decoder {spec.name!r}")(manifest, modality)
+
+
+def output_judge(model, manifest: Manifest | Path | str) -> Judge | None:
+    """The judge of ``model``'s outputs, trained on ``manifest``'s real files (None if it makes none)."""
+    if not model.outputs:
+        return None
+    manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    return _judge(manifest, model.output().modality)
 
 
 def _from_captions(judge: Judge, manifest: Manifest, decoder, per_label: int, steps, seed: int, progress: bool) -> dict:

@@ -40,9 +40,17 @@ def run_pip(args: list[str], what: str) -> None:
         raise AnybindError(f"pip failed (exit {proc.returncode}) while {what}:\n  " + "\n  ".join(lines[-8:]))
 
 
+def _deb_installed(package: str) -> bool:
+    """Whether Debian's package manager has ``package`` installed (fonts and data have no executable)."""
+    if shutil.which("dpkg-query") is None:
+        return False
+    done = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True)
+    return done.returncode == 0 and "install ok installed" in done.stdout
+
+
 def ensure_system_packages(packages: tuple[str, ...], plugin: str) -> None:
     """Install missing Debian packages when running as root; otherwise say what to install."""
-    missing = [p for p in packages if shutil.which(p) is None]
+    missing = [p for p in packages if shutil.which(p) is None and not _deb_installed(p)]
     if not missing:
         return
     can_apt = hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get")

@@ -39,6 +39,10 @@ TARGETS = {
     "chat (every modality)": 0.90,
     "generated digits correct": 0.90,
     "write-then-draw both and agree": 0.90,
+    "OOD zero-shot (image, video, pointcloud)": 0.80,
+    "OOD zero-shot (audio)": 0.90,
+    "OOD chat (every modality)": 0.80,
+    "multi-turn (every behaviour)": 0.90,
 }
 
 
@@ -119,13 +123,28 @@ def summary(record: dict) -> dict[str, float]:
         out["bind zero-shot (image)"] = trained[0]
     chat = ev.get("chat", {})
     if chat:
-        out["chat (every modality)"] = min(max(r.get("image_projector", 0), r.get("own_projector") or 0) for r in chat.values())
+        out["chat (every modality)"] = _chat_floor(chat)
     generate = ev.get("generate", {})
     if "chat_draw" in generate:
         out["generated digits correct"] = generate["chat_draw"]["accuracy"]
     if "chat_write_and_draw" in generate:
         out["write-then-draw both and agree"] = generate["chat_write_and_draw"]["both_and_agree"]
+    ood = ev.get("ood", {})
+    seen = [r["zero_shot_top1"] for m, r in ood.get("bind", {}).items() if m != "audio"]
+    if seen:
+        out["OOD zero-shot (image, video, pointcloud)"] = min(seen)
+    if "audio" in ood.get("bind", {}):
+        out["OOD zero-shot (audio)"] = ood["bind"]["audio"]["zero_shot_top1"]
+    if ood.get("chat"):
+        out["OOD chat (every modality)"] = _chat_floor(ood["chat"])
+    if ev.get("conversations", {}).get("behaviours"):
+        out["multi-turn (every behaviour)"] = min(ev["conversations"]["behaviours"].values())
     return out
+
+
+def _chat_floor(chat: dict) -> float:
+    """The worst modality's chat accuracy, each through its best projector."""
+    return min(max(r.get("image_projector", 0), r.get("own_projector") or 0) for r in chat.values())
 
 
 def summary_table(record: dict) -> str:
@@ -146,6 +165,13 @@ def summary_table(record: dict) -> str:
         lines.append("zero-shot →text: " + ", ".join(f"{m} {r['zero_shot_top1']:.3f}" for m, r in sorted(ev["bind"].items())))
     if ev.get("chat"):
         lines.append("chat: " + ", ".join(f"{m} {r['image_projector']:.3f}" for m, r in sorted(ev["chat"].items())))
+    ood = ev.get("ood", {})
+    if ood.get("bind"):
+        lines.append("OOD zero-shot →text: " + ", ".join(f"{m} {r['zero_shot_top1']:.3f}" for m, r in sorted(ood["bind"].items())))
+    if ood.get("chat"):
+        lines.append("OOD chat: " + ", ".join(f"{m} {r['image_projector']:.3f}" for m, r in sorted(ood["chat"].items())))
+    if ev.get("conversations", {}).get("behaviours"):
+        lines.append("multi-turn: " + ", ".join(f"{b} {v:.3f}" for b, v in ev["conversations"]["behaviours"].items()))
     if "first_interleaved_answer_seconds" in record:
         s = record["first_interleaved_answer_seconds"]
         lines.append(f"first interleaved answer after {int(s // 60)}m{int(s % 60):02d}s; whole run {record['seconds'] / 60:.1f} min")

@@ -131,16 +131,33 @@ def _demo_attachments(manifest, attach: dict | None) -> list[str]:
 
 
 def evaluate(q) -> tuple:
+    """Held-out evaluation three ways: the sample world's test split, the out-of-distribution
+    world (built here the first time: it is never trained on), and multi-turn conversations."""
     import anybind
-    from anybind.eval import evaluate_bind, evaluate_chat, evaluate_generate
+    from anybind.data.world import build_world
+    from anybind.eval import evaluate_bind, evaluate_chat, evaluate_conversations, evaluate_generate, output_judge
 
     if q.record.get("eval") and not q.record.get("trained_this_run"):
         return False, "already evaluated"
-    chat = anybind.load(q.run.chat)
-    q.record["eval"] = {"bind": evaluate_bind(anybind.load(q.run.bind), q.run.world),
-                        "chat": evaluate_chat(chat, q.run.world, progress=q.progress),
-                        "generate": evaluate_generate(q.run.world, decoder=chat.decoder(), model=chat, progress=q.progress)}
+    if not (q.run.world_ood / "manifest.jsonl").is_file():
+        build_world(q.run.world_ood, variant="ood", progress=q.progress)
+    chat, bound = anybind.load(q.run.chat), anybind.load(q.run.bind)
+    generate = evaluate_generate(q.run.world, decoder=chat.decoder(), model=chat, progress=q.progress)
+    q.record["eval"] = {
+        "bind": evaluate_bind(bound, q.run.world), "chat": evaluate_chat(chat, q.run.world, progress=q.progress),
+        "generate": generate,
+        "ood": {"bind": evaluate_bind(bound, q.run.world_ood),
+                "chat": evaluate_chat(chat, q.run.world_ood, progress=q.progress)},
+        "conversations": evaluate_conversations(chat, _manifest(q.run.world), judge=output_judge(chat, q.run.world),
+                                                progress=q.progress),
+    }
     return True, ""
+
+
+def _manifest(path):
+    from anybind.data.manifest import read_manifest
+
+    return read_manifest(path)
 
 
 #: Every stage in the order it runs: the demo before the evaluation, so the first interleaved

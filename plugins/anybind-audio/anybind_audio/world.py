@@ -3,6 +3,10 @@
 Every espeak-ng voice variant (m1..m7, f1..f5, croak, whisper, named voices, ...) speaks
 all ten words with a random English accent, speed, pitch and loudness, plus light noise.
 A fixed, seeded set of variants is held out: the test split is voices never heard in training.
+
+The ``ood`` variant speaks with those held-out voices only, at speeds and pitches outside
+the training ranges, over coloured noise, saved as FLAC, Ogg Vorbis, MP3 or WAV at 8 to
+44.1 kHz: containers, rates and delivery that training never heard.
 """
 
 from __future__ import annotations
@@ -89,16 +93,27 @@ def _speak(words: list[str], voice: str, speed: int, pitch: int, amplitude: int)
     return clips
 
 
+#: (suffix, soundfile format, sample rate) of the out-of-distribution recordings, in turn.
+OOD_CONTAINERS = ((".flac", "FLAC", 8000), (".ogg", "OGG", 11025), (".mp3", "MP3", 22050), (".wav", "WAV", 44100),
+                  (".flac", "FLAC", 32000), (".mp3", "MP3", 16000))
+
+
+def held_out_voices(builder) -> dict[str, list[str]]:
+    """The voice variants of each split; seeded on its own, so the ood variant holds out the same ones."""
+    held_out = 5 if builder.small else HELD_OUT_VARIANTS
+    return split_by_voice(voice_variants(), np.random.default_rng(builder.seed + 7), held_out)
+
+
 def build(builder) -> None:
+    if builder.variant == "ood":
+        return build_ood(builder)
     import soundfile as sf
     import torch
     import torchaudio
 
     rng = builder.np_rng
     resample = torchaudio.transforms.Resample(22050, SAMPLE_RATE)
-    variants = voice_variants()
-    held_out = 5 if builder.small else HELD_OUT_VARIANTS
-    splits = split_by_voice(variants, rng, held_out)
+    splits = held_out_voices(builder)
     if builder.small:
         splits["train"] = splits["train"][:20]
     jobs = []
@@ -123,3 +138,42 @@ def build(builder) -> None:
             path = builder.path("audio", f"{split}/{variant}_{take}_{word}.wav")
             sf.write(path, wave.astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
             builder.add("audio", path, label=word, split=split, voice=voice, speed=speed, pitch=pitch)
+
+
+def coloured_noise(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Pink or brown noise (power falling as 1/f or 1/f^2), unit variance."""
+    spectrum = rng.normal(size=n // 2 + 1) + 1j * rng.normal(size=n // 2 + 1)
+    f = np.maximum(np.fft.rfftfreq(n), 1.0 / n)
+    noise = np.fft.irfft(spectrum / f ** (0.5 if rng.random() < 0.5 else 1.0), n)
+    return (noise / (noise.std() + 1e-9)).astype(np.float32)
+
+
+def build_ood(builder) -> None:
+    """Held-out voices at extreme speeds and pitches, over coloured noise, in other containers and rates."""
+    import soundfile as sf
+    import torch
+    import torchaudio
+
+    rng = builder.np_rng
+    words = list(builder.labels)
+    jobs = []
+    for variant in held_out_voices(builder)["test"]:
+        accent = ACCENTS[int(rng.integers(len(ACCENTS)))]
+        speed = int(rng.integers(80, 106)) if rng.random() < 0.5 else int(rng.integers(250, 301))
+        pitch = int(rng.integers(0, 13)) if rng.random() < 0.5 else int(rng.integers(88, 100))
+        jobs.append((variant, f"{accent}+{variant}", speed, pitch, int(rng.integers(60, 160))))
+    with ThreadPoolExecutor(max_workers=max(2, (os.cpu_count() or 2))) as pool:
+        spoken = list(pool.map(lambda j: _speak(words, *j[1:]), jobs))
+    count = 0
+    for (variant, voice, speed, pitch, _), clips in zip(jobs, spoken):
+        for word, clip in zip(words, clips or []):
+            suffix, fmt, rate = OOD_CONTAINERS[count % len(OOD_CONTAINERS)]
+            count += 1
+            wave = torchaudio.functional.resample(torch.from_numpy(clip)[None], 22050, rate)[0].numpy()
+            wave = wave / max(float(np.abs(wave).max()), 1e-6) * 0.5
+            snr = float(rng.uniform(12, 25))
+            wave = wave + coloured_noise(len(wave), rng) * np.sqrt(float(np.mean(wave**2)) / 10 ** (snr / 10))
+            path = builder.path("audio", f"ood/{variant}_{word}{suffix}")
+            sf.write(path, np.clip(wave, -1, 1).astype(np.float32), rate, format=fmt)
+            builder.add("audio", path, label=word, split="test", voice=voice, speed=speed, pitch=pitch, rate=rate,
+                        snr=round(snr, 1))

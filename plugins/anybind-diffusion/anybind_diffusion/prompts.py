@@ -18,4 +18,6 @@ PROMPTS = OutputPrompts(
     ask_made=("Which {kind} did you draw?", "What did you draw?", "What is in your picture?"),
     eval_request=("Draw the {kind} {label}.", "Can you show me a {label}?"),
     eval_write_and=("Write a sentence about {s} and then draw it.",),
+    eval_follow=("Could you make a picture of that one?", "Please sketch it for me now."),
+    eval_ask_made=("What {kind} is in the picture you made?",),
 )

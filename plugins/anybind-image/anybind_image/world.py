@@ -1,4 +1,8 @@
-"""The image part of the sample world: each real 8x8 digit, upsampled, as a PNG."""
+"""The image part of the sample world: each real 8x8 digit, upsampled, as a PNG.
+
+In the ``ood`` variant each (printed) digit is photographed differently: on paper or a
+chalkboard, turned, at any size and place, blurred, and saved as a JPEG of any quality.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,42 @@ SIZE = 32
 
 def digit_image(pixels: np.ndarray, size: int = SIZE):
     """(8, 8) in [0, 1] -> size x size RGB PIL image, dark ink on white like paper."""
-    from PIL import Image
+    from anybind_image.encoder import ink_image
 
-    ink = Image.fromarray((255 - pixels * 255).astype(np.uint8), mode="L")
-    return ink.resize((size, size), Image.BICUBIC).convert("RGB")
+    return ink_image(pixels, size)
+
+
+def photographed(ink: np.ndarray, rng: np.random.Generator):
+    """(h, w) ink in [0, 1] -> an RGB photo of it: paper (dark ink) or a chalkboard (light chalk),
+    with grain and a light gradient, turned up to 25 degrees, at 35-80% of a 48-112 px frame."""
+    from PIL import Image, ImageFilter
+
+    side = int(rng.integers(48, 113))
+    glyph = Image.fromarray((ink * 255).astype(np.uint8), mode="L")
+    span = max(8, int(side * rng.uniform(0.35, 0.8)))
+    glyph = glyph.resize((span, span), Image.BICUBIC).rotate(float(rng.uniform(-25, 25)), Image.BICUBIC, expand=True)
+    mask = Image.new("L", (side, side), 0)
+    at = rng.integers(0, max(1, side - glyph.width + 1), 2)
+    mask.paste(glyph, (int(at[0]), int(at[1])))
+    coverage = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
+    chalk = rng.random() < 0.5
+    paper = rng.uniform(20, 70, 3) if chalk else rng.uniform(185, 250, 3)
+    ink_colour = rng.uniform(180, 245, 3) if chalk else rng.uniform(0, 70, 3)
+    ramp = np.linspace(-1, 1, side)[None, :, None] * rng.uniform(0, 20)
+    grain = rng.normal(0, rng.uniform(2, 10), (side, side, 1))
+    photo = paper + ramp + grain
+    photo = photo * (1 - coverage) + ink_colour * coverage
+    image = Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8), mode="RGB")
+    return image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 1.2))))
 
 
 def build(builder) -> None:
-    builder.write_per_digit("image", ".png", lambda path, pixels, rng: digit_image(pixels).save(path))
+    if builder.variant != "ood":
+        builder.write_per_digit("image", ".png", lambda path, pixels, rng: digit_image(pixels).save(path))
+        return
+    for i in range(len(builder.digits)):
+        glyph = builder.digits.glyphs[i]
+        ink = glyph if glyph is not None else builder.digits.images[i]
+        path = builder.path("image", f"d{i:05d}.jpg")
+        photographed(ink, builder.np_rng).save(path, quality=int(builder.np_rng.integers(35, 91)))
+        builder.attach(i, "image", path)

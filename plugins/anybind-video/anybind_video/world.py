@@ -1,4 +1,8 @@
-"""The video part of the sample world: each real digit drifting and zooming, as an mp4."""
+"""The video part of the sample world: each real digit drifting and zooming, as an mp4.
+
+In the ``ood`` variant each digit turns and slides across a photographed background
+(paper or a chalkboard) for 10-20 frames at 6-24 fps: motion, lengths and rates training never saw.
+"""
 
 from __future__ import annotations
 
@@ -43,5 +47,32 @@ def write_mp4(path, frames: list[np.ndarray], fps: int = FPS) -> None:
             container.mux(packet)
 
 
+def turning_clip(ink: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """A digit that turns through up to 40 degrees and slides, on paper or a chalkboard: 10-20 frames."""
+    from PIL import Image
+
+    from anybind_image.world import photographed
+
+    still = np.asarray(photographed(ink, rng).resize((48, 48)))
+    background = np.median(np.concatenate([still[0], still[-1], still[:, 0], still[:, -1]]), axis=0)
+    start, turn = rng.uniform(-20, 20), rng.uniform(-20, 20)
+    shift = rng.uniform(-6, 6, 2)
+    frames = []
+    for t in np.linspace(0, 1, int(rng.integers(10, 21))):
+        moved = Image.fromarray(still).rotate(start + turn * t, Image.BILINEAR, translate=tuple(shift * t),
+                                             fillcolor=tuple(int(v) for v in background))
+        frames.append(np.asarray(moved))
+    return frames
+
+
 def build(builder) -> None:
-    builder.write_per_digit("video", ".mp4", lambda path, pixels, rng: write_mp4(path, render_clip(pixels, rng)))
+    if builder.variant != "ood":
+        builder.write_per_digit("video", ".mp4", lambda path, pixels, rng: write_mp4(path, render_clip(pixels, rng)))
+        return
+    for i in range(len(builder.digits)):
+        glyph = builder.digits.glyphs[i]
+        path = builder.path("video", f"d{i:05d}.mp4")
+        rng = builder.np_rng
+        write_mp4(path, turning_clip(glyph if glyph is not None else builder.digits.images[i], rng),
+                  fps=int(rng.choice([6, 12, 24])))
+        builder.attach(i, "video", path)
