@@ -53,7 +53,7 @@ def test_dialogues_cover_every_kind_and_refer_back(small_world):
     att = {m: [(Attachment(m, f"{m}.x", torch.zeros(4)), label) for label in manifest.labels] for m in ("image", "audio")}
     from anybind_diffusion.prompts import PROMPTS
 
-    dialogues = make_dialogues(manifest, att, 64, seed=0, outputs={"image": PROMPTS})
+    dialogues = make_dialogues(manifest, att, 96, seed=0, outputs={"image": PROMPTS})
     answers = [[segment[0] for segment in d.answer] for d in dialogues]
     assert ["text"] in answers and ["output"] in answers and ["text", "output"] in answers and ["own"] in answers
     follow_ups = [d for d in dialogues if len(d.turns) == 3]
@@ -72,6 +72,16 @@ def test_dialogues_cover_every_kind_and_refer_back(small_world):
             assert d.answer[0][1].lower().startswith(label)
     # No world-specific word comes from core: the follow-ups say the world's own kind of label.
     assert any("digit" in d.turns[-1].text for d in follow_ups)
+    # A change of subject: after talking about one label, the sentence and the output are about another.
+    changes = [d for d in dialogues if len(d.turns) == 3 and [x[0] for x in d.answer] == ["text", "output"]]
+    assert changes and all(d.answer[1][2].split()[-1] not in d.turns[1].text for d in changes)
+    # Several attachments in one turn, each named; and asked again after a plain question in between.
+    several = [d for d in dialogues if len(d.turns[-1].attachments) == 2]
+    assert several and all(d.answer[0][1].count(".") == 2 for d in several)
+    from anybind.training.dialogues import OWN
+
+    again = [d for d in dialogues if len(d.turns) == 5 and d.answer[0][0] == "text"]
+    assert again and all(d.turns[3].text == OWN for d in again)
 
 
 def test_encoded_answers_target_img0_and_skip_the_forced_tokens(tiny_lm):
@@ -169,7 +179,9 @@ def test_quickstart_skips_finished_stages_then_demos_and_evaluates(instructed, s
     page = (run / "demo.html").read_text()
     assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
     assert "Which digit is spoken here?" in page and "Now draw it." in page and "number four" in page
-    assert set(record["eval"]) == {"bind", "chat", "generate"}
+    assert set(record["eval"]) == {"bind", "chat", "generate", "ood", "conversations"}
+    assert set(record["eval"]["ood"]["bind"]) == {"image", "audio"}  # made differently, never trained on
+    assert "multi-turn (every behaviour)" in record["summary"] and "OOD chat (every modality)" in record["summary"]
     assert record["summary"]["bind zero-shot (image)"] == record["eval"]["bind"]["image"]["zero_shot_top1"]
     assert "chat (every modality)" in record["summary"] and "generated digits correct" in record["summary"]
     assert "STAGE" in first.stdout and "METRIC (held-out)" in first.stdout and "skipped" in first.stdout

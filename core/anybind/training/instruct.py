@@ -41,7 +41,7 @@ from anybind.layout import DONE_NAME, ChatDir, decoder_reference_for
 from anybind.models.decoders import load_decoder, parse_reference
 from anybind.models.losses import conditioning_loss
 from anybind.models.space import embed_rows
-from anybind.training.dialogues import Dialogue, encode_dialogue, make_dialogues
+from anybind.training.dialogues import OWN, Dialogue, encode_dialogue, make_dialogues
 from anybind.training.settings import InstructSettings
 from anybind.training.stage import Stage
 from anybind.training.trainer import LoopSettings, say
@@ -175,9 +175,12 @@ def _dialogues(chat: ChatModel, manifest: Manifest, settings: InstructSettings, 
     prompts = {m: parse_reference(chat.decoder_reference(m), m)[0].output_prompts() for m in chat.outputs}
     dialogues = make_dialogues(manifest, attachments, settings.conversations, settings.seed, prompts)
     own = [d for d in dialogues if d.answer[0][0] == "own"]
-    if own:
-        for d, text in zip(own, chat.own_answers([d.turns[-1].text for d in own], 32, progress)):
-            d.answer = [("text", text or "OK.")]
+    earlier = [(d, j) for d in dialogues for j, t in enumerate(d.turns) if t.text == OWN]  # plain turns in histories
+    said = chat.own_answers([d.turns[-1].text for d in own] + [d.turns[j - 1].text for d, j in earlier], 32, progress)
+    for d, text in zip(own, said):
+        d.answer = [("text", text or "OK.")]
+    for (d, j), text in zip(earlier, said[len(own):]):
+        d.turns[j] = Turn("assistant", text or "OK.")
     vocab = OutputVocab(list(chat.outputs.values()), backbone.vocab_size)
     end_id = encode(backbone.tokenizer, [Turn("user", "Hi")], 1, answer="Hello.").ids[-1]
     for d in dialogues:

@@ -89,6 +89,7 @@ class AudioEncoderConfig:
     layers: int = 1  # transformer layers over the conv patch tokens
     heads: int = 4
     noise_snr_db: tuple = (5.0, 40.0)  # training-time noise
+    speed: tuple = (0.8, 1.25)  # training-time speed (and pitch) change, by resampling
     spec_masks: int = 2  # SpecAugment masks of each kind, training only
 
 
@@ -135,16 +136,24 @@ class AudioEncoder(ModalityEncoder):
         return {"wave": out, "length": torch.tensor(n)}
 
     def augment(self, batch):
-        """Random placement in the window, gain, and white or low-passed noise at a random SNR."""
+        """A random speed (0.8-1.25x: voices speak slower or faster, and higher or lower), placement
+        in the window, gain, and white or low-passed noise at a random SNR."""
         import torchaudio
 
-        wave, length = batch["wave"], batch["length"]
+        wave, length = batch["wave"], batch["length"].clone()
         b, total = wave.shape
         shifted = torch.zeros_like(wave)
         for i in range(b):
             n = int(length[i])
+            word = wave[i, :n]
+            speed = float(torch.empty(()).uniform_(*self.config.speed))
+            if n > 1 and speed != 1.0:
+                word = nn.functional.interpolate(word[None, None], size=max(2, min(total, round(n / speed))),
+                                                 mode="linear", align_corners=False)[0, 0]
+                n = len(word)
+                length[i] = n
             offset = int(torch.randint(0, total - n + 1, ()))
-            shifted[i, offset : offset + n] = wave[i, :n]
+            shifted[i, offset : offset + n] = word
         shifted = shifted * torch.empty(b, 1).uniform_(0.3, 1.5)
         noise = torch.randn_like(shifted)
         if torch.rand(()) < 0.5:

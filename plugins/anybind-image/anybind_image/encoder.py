@@ -83,6 +83,68 @@ class ImageEncoderConfig:
     convs_per_stage: int = 1  # cnn
     mean: tuple = (0.5, 0.5, 0.5)
     std: tuple = (0.5, 0.5, 0.5)
+    #: "ink" for line drawings (digits, sketches): either polarity, any background, size or position
+    #: is brought to dark ink on white, cropped to the ink and resampled through an ``ink_grid``
+    #: square grid (the sample world's digits are 8x8); "none" for photos: only resized.
+    normalize: str = "ink"
+    ink_grid: int = 8
+    #: training-time augmentation: rotation (degrees) and scale (fraction) at random, per image
+    rotate: float = 12.0
+    scale: float = 0.1
+
+
+def ink_of(raw, max_side: int = 256) -> np.ndarray:
+    """A line drawing's ink, (H, W) in [0, 1], whatever its polarity or background: the border is
+    taken as background (dark ink on paper, or chalk on a board) and removed."""
+    from PIL import Image
+
+    gray = raw.convert("L")
+    if max(gray.size) > max_side:
+        gray.thumbnail((max_side, max_side), Image.BILINEAR)
+    g = np.asarray(gray, dtype=np.float32) / 255.0
+    border = np.concatenate([g[:2].ravel(), g[-2:].ravel(), g[:, :2].ravel(), g[:, -2:].ravel()])
+    ink = 1.0 - g if np.median(border) > 0.5 else g
+    background = float(np.median(1.0 - border if np.median(border) > 0.5 else border))
+    ink = np.clip((ink - background) / max(float(ink.max()) - background, 1e-3), 0.0, 1.0)
+    return np.where(ink < 0.15, 0.0, ink).astype(np.float32)  # paper grain and compression noise
+
+
+def ink_image(ink: np.ndarray, size: int):
+    """(h, w) ink in [0, 1] -> size x size RGB PIL image, dark ink on white (as the sample world writes digits)."""
+    from PIL import Image
+
+    return Image.fromarray((255 - ink * 255).astype(np.uint8), mode="L").resize((size, size), Image.BICUBIC).convert("RGB")
+
+
+def normalised_pixels(raw, config) -> torch.Tensor:
+    """An image as the trunk reads it: (3, size, size), normalised by the config's mean and std."""
+    from PIL import Image
+
+    from anybind.data.printed import ink_grid
+
+    size = config.image_size
+    if config.normalize == "ink":
+        img = ink_image(ink_grid(ink_of(raw), config.ink_grid), size)
+    else:
+        img = raw.convert("RGB").resize((size, size), Image.BICUBIC)
+    pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W)
+    mean = torch.tensor(config.mean).view(3, 1, 1)
+    std = torch.tensor(config.std).view(3, 1, 1)
+    return (pixels - mean) / std
+
+
+def random_affine(pixels: torch.Tensor, degrees: float, scale: float) -> torch.Tensor:
+    """Each image of (B, C, H, W) turned by up to ``degrees`` and scaled by up to ``scale``, filled
+    with its border (the background)."""
+    import math
+
+    b = pixels.shape[0]
+    angle = (torch.rand(b) * 2 - 1) * math.radians(degrees)
+    factor = 1 + (torch.rand(b) * 2 - 1) * scale
+    cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros(b)], 1), torch.stack([sin, cos, torch.zeros(b)], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta.to(pixels), list(pixels.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(pixels, grid, padding_mode="border", align_corners=False)
 
 
 class ImageEncoder(ModalityEncoder):
@@ -115,20 +177,17 @@ class ImageEncoder(ModalityEncoder):
             )
 
     def preprocess(self, raw) -> dict[str, torch.Tensor]:
-        from PIL import Image
-
-        size = self.config.image_size
-        img = raw.convert("RGB").resize((size, size), Image.BICUBIC)
-        pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W)
-        mean = torch.tensor(self.config.mean).view(3, 1, 1)
-        std = torch.tensor(self.config.std).view(3, 1, 1)
-        return {"pixels": (pixels - mean) / std}
+        return {"pixels": normalised_pixels(raw, self.config)}
 
     def augment(self, batch):
-        """Small random shifts: handwriting is never centred the same way twice."""
+        """Small random shifts (handwriting is never centred the same way twice), then a random
+        turn and scale per image (nor upright at one size)."""
         pixels = batch["pixels"]
         dx, dy = (int(v) for v in torch.randint(-2, 3, (2,)))
-        return {"pixels": torch.roll(pixels, shifts=(dy, dx), dims=(2, 3))}
+        pixels = torch.roll(pixels, shifts=(dy, dx), dims=(2, 3))
+        if self.config.rotate or self.config.scale:
+            pixels = random_affine(pixels, self.config.rotate, self.config.scale)
+        return {"pixels": pixels}
 
     def forward(self, pixels: torch.Tensor) -> EncoderOutput:
         tokens = self.trunk.forward_features(pixels)  # (B, N, W)

@@ -61,6 +61,9 @@ class VideoEncoderConfig:
     heads: int = 4
     mean: tuple = (0.5, 0.5, 0.5)
     std: tuple = (0.5, 0.5, 0.5)
+    #: each frame as the image modality normalises it ("ink": line drawings; "none": only resized)
+    normalize: str = "ink"
+    ink_grid: int = 8
 
 
 class VideoEncoder(ModalityEncoder):
@@ -86,6 +89,12 @@ class VideoEncoder(ModalityEncoder):
     def preprocess(self, raw: np.ndarray) -> dict[str, torch.Tensor]:
         c = self.config
         index = np.linspace(0, len(raw) - 1, c.frames).round().astype(int)
+        if c.normalize == "ink":  # each frame as the image modality reads it
+            from PIL import Image
+
+            from anybind_image.encoder import normalised_pixels
+
+            return {"frames": torch.stack([normalised_pixels(Image.fromarray(raw[i]), c) for i in index])}
         frames = torch.from_numpy(raw[index]).float().div(255)  # (T, H, W, 3)
         frames = rearrange(frames, "t h w c -> t c h w")
         frames = nn.functional.interpolate(frames, size=(c.image_size, c.image_size), mode="bilinear", align_corners=False)
