@@ -191,3 +191,31 @@ def test_train_command_defaults_are_the_settings_defaults(command, settings):
     checked = {p.name: p.default for p in params if p.name in fields and p.default is not None}
     assert {"steps", "batch_size", "lr"} <= set(checked)
     assert checked == {k: fields[k] for k in checked}
+
+
+def test_plugins_lists_the_suffixes_each_reads():
+    from conftest import run_cli
+
+    listed = {p["name"]: p for p in json.loads(run_cli("plugins", "--json", check=True).stdout)}
+    assert ".npy" in listed["anybind-pointcloud"]["suffixes"] and ".wav" in listed["anybind-audio"]["suffixes"]
+    assert ".npy" in run_cli("plugins", check=True).stdout
+
+
+def test_the_longest_claimed_suffix_wins_and_a_clash_is_reported(register_plugin, tmp_path):
+    class Depth:
+        @anybind.hookimpl
+        def register_modalities(self, register):
+            register(ModalitySpec(name="depth", suffixes=(".depth.npy",), encoder="x:y", loader="x:y"))
+
+    class Clash:
+        @anybind.hookimpl
+        def register_modalities(self, register):
+            register(ModalitySpec(name="other_points", suffixes=(".ply",), encoder="x:y", loader="x:y"))
+
+    register_plugin(Depth(), "depth-plugin")
+    assert plugins.modality_for_path(tmp_path / "scan.depth.npy").name == "depth"
+    assert plugins.modality_for_path(tmp_path / "cloud.npy").name == "pointcloud"
+    register_plugin(Clash(), "clash-plugin")
+    errors = {i.name: i.errors for i in plugins.plugin_infos()}
+    assert any(".ply files are also claimed by anybind-pointcloud (pointcloud)" in e for e in errors["clash-plugin"])
+    assert plugins.modality_for_path(tmp_path / "a.ply").name == "pointcloud"  # the first registered reads them

@@ -126,3 +126,24 @@ def test_its_own_tests_pass(strokes_installed):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "3 passed" in proc.stdout
+
+
+def test_a_bound_model_outlives_an_uninstalled_plugin(bound_with_strokes):
+    """After `anybind uninstall`, the model's other towers work; only a strokes input is an error,
+    and loading says once which tower is unavailable and what brings it back. (Runs last: it
+    uninstalls the plugin and installs it again for the fixture's own clean-up.)"""
+    world, bound, _, _ = bound_with_strokes
+    image = run_cli("world", "sample", str(world), "--modality", "image", check=True).stdout.strip()
+    strokes = run_cli("world", "sample", str(world), "--modality", "strokes", check=True).stdout.strip()
+    assert run_cli("uninstall", "anybind-strokes").returncode == 0
+    try:
+        proc = run_cli("embed", "a handwritten seven", image, "--model", str(bound), "--json")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert [json.loads(line)["modality"] for line in proc.stdout.splitlines()] == ["text", "image"]
+        assert proc.stderr.count("strokes tower is unavailable") == 1
+        assert "anybind-strokes is not installed" in proc.stderr and str(bound / "strokes") in proc.stderr
+        proc = run_cli("embed", strokes, "--model", str(bound))
+        assert proc.returncode == 1 and strokes in proc.stderr and ".strokes files" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    finally:
+        assert run_cli("install", "-e", str(STROKES)).returncode == 0

@@ -35,3 +35,7 @@ class CheckpointError(AnybindError):
 
 class DecoderError(AnybindError):
     """A decoder directory, or the conditioning handed to it, does not fit."""
+
+
+class TowerUnavailableWarning(UserWarning):
+    """A bound model's tower whose modality plugin is not installed: the rest of the model works."""

@@ -104,6 +104,18 @@ def read_config(path: Path | str) -> dict[str, Any]:
     return config
 
 
+def read_json(path: Path | str) -> dict[str, Any]:
+    """A JSON object from ``path``; a clear error naming the file when it is not one."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
 def load_model_dir(path: Path | str, *, weights: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read ``(config, state_dict)`` from a model directory (safetensors only)."""
     config = read_config(path)

@@ -20,13 +20,13 @@ import torch
 
 from anybind.chat.conversation import Attachment, Encoded, Turn
 from anybind.errors import CheckpointError, InputError
-from anybind.layout import ChatDir
+from anybind.layout import DONE_NAME, ChatDir
 from anybind.specs import BINDING_MODALITY
 from anybind.models.backbone import Backbone, apply_adapter, load_backbone
 from anybind.models.output import GenerativeOutput, sentence_boundaries
 from anybind.models.projector import InputProjector
 from anybind.models.space import AnybindModel, Tower, resolve_input
-from anybind.persistence import CONFIG_NAME, read_config
+from anybind.persistence import CONFIG_NAME, read_config, read_json
 
 #: Rows per batch of the LM's passes without gradients: larger batches spread each step's fixed
 #: cost (on 2 CPU cores 48 rows decoded 32 tokens 1.4x faster than 16; bench/RESULTS.md).
@@ -55,6 +55,8 @@ class ChatModel:
         self._boundaries = None
         self.soft_tokens = next(iter(projectors.values())).config.tokens if projectors else 4
         self.instructed = False
+        #: the modalities the instruct stage trained on as attachments (None: not recorded, read as all)
+        self.instructed_modalities: set[str] | None = set()
 
     @classmethod
     def from_pretrained(cls, path: Path | str, backbone: Backbone | None = None, decoder: str | None = None,
@@ -83,7 +85,10 @@ class ChatModel:
                 raise CheckpointError(f"{chat.path}/{where}: made for a {module.config.lm_width}-wide LM, "
                                       f"but {backbone.reference} is {backbone.hidden_size}-wide")
         model = cls(AnybindModel({}), backbone, projectors, chat.path, bound_dir=bound_dir, outputs=outputs)
-        model.instructed = tuned  # the instruct stage trained it on every modality's attachments
+        model.instructed = tuned
+        if tuned:
+            recorded = read_json(chat.instruct / DONE_NAME).get("modalities")
+            model.instructed_modalities = set(recorded) if recorded is not None else None
         if decoder is not None and outputs:
             model.use_decoder(decoder)
         return model

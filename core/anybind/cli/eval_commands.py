@@ -86,6 +86,7 @@ def eval_chat_command(model_dir, manifest, suite, modalities, limit, as_json):
     rows = []
     for m, r in results.items():
         own = r.get("own_projector")
+        # "emergent": the projector never saw this modality (trained on images; instruct did not include it)
         route = " (instructed)" if r.get("instructed") else ("" if m == BINDING_MODALITY else " (emergent)")
         rows.append([m, f"{r['image_projector']:.3f}" + route,
                      f"{own:.3f}" if own is not None else "-", str(r["n_test"])])

@@ -19,6 +19,7 @@ def _provides(info: plugins.PluginInfo) -> str:
     parts = []
     for label, names in (
         ("modalities", info.modalities),
+        ("suffixes", info.suffixes),
         ("decoders", info.decoders),
         ("backbones", info.backbones),
         ("commands", info.commands),
@@ -26,6 +27,7 @@ def _provides(info: plugins.PluginInfo) -> str:
         if names:
             parts.append(f"{label}: {', '.join(names)}")
     return "; ".join(parts) or "-"
+
 
 @cli.command(name="plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -191,4 +193,6 @@ def new_plugin_command(name, modality, suffix, parent):
                f"  anybind install -e {root}\n"
                f"  python -m pytest {root}\n"
                f"  anybind world build runs/{kind} --modality image --modality {kind}\n"
-               f"  anybind train bind --manifest runs/{kind} --out runs/quickstart/bind --modality {kind}")
+               f"  mkdir -p runs/with-{kind} && cp -r runs/quickstart/bind runs/quickstart/chat runs/quickstart/decoder "
+               f"runs/with-{kind}/\n"
+               f"  anybind train bind --manifest runs/{kind} --out runs/with-{kind}/bind --modality {kind}")

@@ -49,8 +49,8 @@ def evaluate_bind(model: AnybindModel, manifest: Manifest | Path | str, modaliti
             continue
         y = np.array([label_index[r["label"]] for r in test_rows])
         zero_shot = float(((emb @ prompts.T).argmax(1).numpy() == y).mean())
-        if modality == BINDING_MODALITY or image_emb is None:
-            retrieval = zero_shot  # the binding modality → nearest prompt
+        if modality == BINDING_MODALITY or image_emb is None or not len(image_emb):
+            retrieval = zero_shot  # the binding modality (or no held-out images to retrieve) → nearest prompt
         else:
             retrieval = float((image_y[(emb @ image_emb.T).argmax(1).numpy()] == y).mean())
         train_rows, train_emb = embed_rows(model, manifest.select("train", has=(modality, "label")), modality)

@@ -36,7 +36,8 @@ def evaluate_chat(model, manifest: Manifest | Path | str, modalities: list[str] 
 
     ``image_projector``: through the projector trained on images (for other modalities this is
     emergent any-to-text, unless the instruct stage has since trained the model on every
-    modality: ``instructed`` says so); ``own_projector``: through the modality's own projector.
+    modality: ``instructed`` says whether instruct's conversations held this modality's
+    attachments); ``own_projector``: through the modality's own projector.
     """
     from tqdm.auto import tqdm
 
@@ -54,7 +55,9 @@ def evaluate_chat(model, manifest: Manifest | Path | str, modalities: list[str] 
         if not rows:
             continue
         attachments = [Attachment(modality, r[modality], e) for r, e in zip(rows, embeddings)]
-        entry = {"n_test": len(rows), "question": question, "instructed": bool(getattr(model, "instructed", False))}
+        taught = getattr(model, "instructed_modalities", set())
+        entry = {"n_test": len(rows), "question": question,
+                 "instructed": bool(getattr(model, "instructed", False)) and (taught is None or modality in taught)}
         routes = [("image_projector", BINDING_MODALITY)]
         if modality != BINDING_MODALITY and modality in model.projectors:
             routes.append(("own_projector", modality))

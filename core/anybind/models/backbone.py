@@ -14,6 +14,8 @@ The backbone is frozen; stages train projectors and LoRA adapters around it, and
 from __future__ import annotations
 
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,5 +172,15 @@ def apply_adapter(backbone: Backbone, adapter_dir: Path) -> None:
     if not (adapter_dir / "adapter_config.json").is_file():
         raise CheckpointError(f"{adapter_dir}: no adapter_config.json (an interrupted instruct stage?); "
                               "run anybind train instruct --retrain")
-    backbone.model = PeftModel.from_pretrained(backbone.model, str(adapter_dir)).merge_and_unload()
+    with quiet_peft():
+        backbone.model = PeftModel.from_pretrained(backbone.model, str(adapter_dir)).merge_and_unload()
     backbone.model.eval().requires_grad_(False)
+
+
+@contextmanager
+def quiet_peft():
+    """peft probes ``model.is_gradient_checkpointing``, which transformers deprecates with a
+    FutureWarning on every load; that one warning (not ours to fix) is silenced, nothing else."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield

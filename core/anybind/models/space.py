@@ -14,6 +14,7 @@ One directory per modality, so binding a new modality never rewrites the others.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anybind import plugins
-from anybind.errors import CheckpointError, InputError
+from anybind.errors import CheckpointError, InputError, PluginError, TowerUnavailableWarning
 from anybind.modality import ModalityEncoder
 from anybind.persistence import (
     CONFIG_NAME,
@@ -131,6 +132,8 @@ class AnybindModel(nn.Module):
     def __init__(self, towers: dict[str, Tower]):
         super().__init__()
         self.towers = nn.ModuleDict(towers)
+        #: towers on disk whose plugin is not installed: {modality: what to install}
+        self.unavailable: dict[str, str] = {}
 
     @property
     def embed_dim(self) -> int:
@@ -146,6 +149,8 @@ class AnybindModel(nn.Module):
         return cls({"text": Tower.create("text")})
 
     def tower(self, modality: str) -> Tower:
+        if modality in self.unavailable:
+            raise PluginError(self.unavailable[modality])
         if modality not in self.towers:
             raise CheckpointError(
                 f"this model has no {modality} tower (it has: {', '.join(self.towers)}). "
@@ -190,12 +195,33 @@ class AnybindModel(nn.Module):
         if index.get("format") != BOUND_FORMAT:
             raise CheckpointError(f"{path}: not a bound anybind model (config.json format is {index.get('format')!r})")
         wanted = list(modalities) if modalities is not None else index.get("modalities", [])
-        towers = {}
+        towers, unavailable = {}, {}
+        installed = plugins.modalities()
         for name in wanted:
             if not (path / name / CONFIG_NAME).is_file():
                 raise CheckpointError(f"{path}: has no {name} tower (trained: {', '.join(index.get('modalities', []))})")
+            if name not in installed:  # its plugin was uninstalled: the other towers still work
+                unavailable[name] = _missing_plugin(path / name)
+                warnings.warn(unavailable[name], TowerUnavailableWarning, stacklevel=2)
+                continue
             towers[name] = Tower.from_pretrained(path / name)
-        return cls(towers)
+        model = cls(towers)
+        model.unavailable = unavailable
+        return model
+
+
+def _missing_plugin(tower_dir: Path) -> str:
+    """What to say of a tower whose modality plugin is not installed: the tower, and what brings it back."""
+    config = read_config(tower_dir)
+    plugin = config.get("plugin") or f"anybind-{config.get('modality')}"
+    from anybind.plugins.registry import find_entry
+
+    try:
+        entry = find_entry(plugin)
+    except Exception:  # noqa: BLE001 - a broken registry must not hide this
+        entry = None
+    return (f"{tower_dir}: the {config.get('modality')} tower is unavailable: its plugin {plugin} is not installed "
+            f"(the model's other towers work); bring it back with: anybind install {entry.name if entry else plugin}")
 
 
 def update_bound_index(path: Path, embed_dim: int, modalities: Iterable[str], **extra: object) -> None:

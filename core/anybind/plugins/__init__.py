@@ -23,11 +23,12 @@ from anybind.plugins.manager import (
     plugin_infos,
     register_commands,
     register_plugin,
+    suffix_owners,
     unregister_plugin,
 )
 
 __all__ = [
     "DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "PluginInfo", "backbones", "decoders", "get_backbone", "get_decoder",
     "get_modality", "load_plugins", "modalities", "modality_for_path", "modality_owner", "plugin_infos",
-    "register_commands", "register_plugin", "unregister_plugin",
+    "register_commands", "register_plugin", "suffix_owners", "unregister_plugin",
 ]

@@ -49,6 +49,7 @@ class PluginInfo:
     origin: str  # "builtin", "entry point" or "registered"
     errors: list[str] = field(default_factory=list)
     modalities: list[str] = field(default_factory=list)
+    suffixes: list[str] = field(default_factory=list)  # file suffixes its modalities read
     decoders: list[str] = field(default_factory=list)
     backbones: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
@@ -65,6 +66,7 @@ class PluginInfo:
             "status": self.status,
             "errors": list(self.errors),
             "modalities": self.modalities,
+            "suffixes": self.suffixes,
             "decoders": self.decoders,
             "backbones": self.backbones,
             "commands": self.commands,
@@ -244,6 +246,8 @@ def _call_registration_hooks() -> _Collected:
                 if not isinstance(spec, _type):
                     raise PluginError(f"{_kind} must be registered as {_type.__name__}, got {type(spec).__name__}")
                 getattr(infos[_pname], _kind).append(spec.name)
+                if _kind == "modalities":
+                    infos[_pname].suffixes.extend(spec.suffixes)
                 if spec.name in _table:
                     conflicts.setdefault((_kind, spec.name), [_table[spec.name][1]]).append(_pname)
                 else:
@@ -261,11 +265,24 @@ def _call_registration_hooks() -> _Collected:
         if pname in infos:
             infos[pname].errors.extend(errors)
 
+    _note_suffix_clashes(tables["modalities"], infos)
     for (kind, name), owners in conflicts.items():
         for owner in owners:
             others = ", ".join(o for o in owners if o != owner)
             infos[owner].errors.append(f"{_NOUNS[kind]} {name!r} is also registered by {others}")
     return _Collected(infos, tables["modalities"], tables["decoders"], tables["backbones"], conflicts)
+
+
+def _note_suffix_clashes(modalities: dict, infos: dict[str, PluginInfo]) -> None:
+    """A suffix two plugins claim is read by the first registered; the others are told so."""
+    claimed: dict[str, list[tuple[str, str]]] = {}
+    for name, (spec, owner) in modalities.items():
+        for suffix in spec.suffixes:
+            claimed.setdefault(suffix, []).append((owner, name))
+    for suffix, owners in claimed.items():
+        first = f"{owners[0][0]} ({owners[0][1]})"
+        for owner, _ in owners[1:]:
+            infos[owner].errors.append(f"{suffix} files are also claimed by {first}, which reads them")
 
 
 def _conflict_error(kind: str, name: str, owners: list[str]) -> PluginError:
@@ -341,18 +358,24 @@ def modality_owner(name: str) -> str:
 
 
 def modality_for_path(path) -> ModalitySpec:
-    """The installed modality that reads this file, chosen by suffix."""
-    suffix = Path(path).suffix.lower()
-    for spec in modalities().values():
-        if suffix in spec.suffixes:
-            return spec
+    """The installed modality that reads this file, chosen by suffix; the longest suffix that
+    matches wins, so a plugin may claim ``.depth.npy`` beside another's ``.npy``."""
+    name = Path(path).name.lower()
+    claims = [(len(s), spec) for spec in modalities().values() for s in spec.suffixes if name.endswith(s)]
+    if claims:
+        return max(claims, key=lambda c: c[0])[1]
+    suffix = "".join(Path(path).suffixes).lower() or Path(path).suffix.lower()
     from anybind.plugins.registry import find_provider
 
     try:
-        entry = find_provider("suffixes", suffix)
+        entry = find_provider("suffixes", Path(path).suffix.lower())
     except Exception:  # noqa: BLE001
         entry = None
     if entry is not None:
         raise InputError(path, f"no installed plugin reads {suffix} files; install one with: anybind install {entry.name}")
     raise InputError(path, f"no installed plugin reads {suffix or 'suffix-less'} files (see `anybind plugins`)")
 
+
+def suffix_owners() -> dict[str, str]:
+    """Every suffix an installed modality reads: ``{suffix: "modality (plugin)"}``."""
+    return {s: f"{name} ({modality_owner(name)})" for name, spec in modalities().items() for s in spec.suffixes}

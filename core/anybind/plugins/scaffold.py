@@ -55,8 +55,9 @@ def new_plugin(name: str, modality: str | None = None, parent: Path | str = ".",
     names = plugin_names(name, modality)
     if suffix:
         names["suffix"] = "." + suffix.lower().lstrip(".")
-        if not re.fullmatch(r"\.[a-z0-9_]+", names["suffix"]):
-            raise AnybindError(f"--suffix {suffix!r}: use letters, digits or '_' (e.g. --suffix .strokes)")
+        if not re.fullmatch(r"(\.[a-z0-9_]+)+", names["suffix"]):
+            raise AnybindError(f"--suffix {suffix!r}: use letters, digits or '_', parts separated by dots "
+                               "(e.g. --suffix .strokes, or --suffix .depth.npy beside another plugin's .npy)")
     _check_free(names)
     target = Path(parent) / names["dist"]
     if target.exists() and any(target.iterdir()):
