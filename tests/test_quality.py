@@ -1,6 +1,6 @@
-"""Quality beyond the sample split: the out-of-distribution world, the image normalisation that
-makes printed, photographed and chalkboard digits read like the training ones, and the
-multi-turn evaluation's scoring."""
+"""Quality beyond the sample split: the out-of-distribution world, the line-drawing image
+normalisation (an option) that makes printed, photographed and chalkboard digits read like the
+training ones, and the multi-turn evaluation's scoring."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_the_ood_world_is_held_out_and_made_differently(ood_world, every_world):
     assert len(rates) >= 3
 
 
-def test_the_training_world_prints_digits_in_other_fonts_than_the_ood_world():
+def test_the_font_families_for_training_and_for_the_ood_world_are_kept_apart():
     from anybind.data.printed import OOD_FAMILIES, TRAIN_FAMILIES, font_files
 
     train, ood = font_files(TRAIN_FAMILIES), font_files(OOD_FAMILIES)
@@ -44,9 +44,9 @@ def test_the_training_world_prints_digits_in_other_fonts_than_the_ood_world():
 
 
 def test_images_normalise_polarity_size_and_place(every_world):
-    from anybind_image.encoder import ImageEncoder
+    from anybind_image.encoder import ImageEncoder, ImageEncoderConfig
 
-    encoder = ImageEncoder()
+    encoder = ImageEncoder(ImageEncoderConfig(normalize="ink"))
     path = every_world.select(has=("image",))[0]["image"]
     image = Image.open(path).convert("RGB")
     base = encoder.preprocess(image)["pixels"]

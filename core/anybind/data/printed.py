@@ -1,8 +1,8 @@
 """Digits printed in real fonts, as ink arrays like the handwritten ones.
 
-The sample world adds them to its training split for variety (handwriting alone left
-printed digits at chance); its out-of-distribution variant is made of digits printed in
-*other* font families, so that evaluating on it measures generalisation to unseen type.
+The sample world's out-of-distribution variant is made of them: type is unlike any
+handwriting the training world holds. ``TRAIN_FAMILIES`` are the families a training world
+may print in (kept apart from ``OOD_FAMILIES``, so that evaluation stays on unseen type).
 Fonts come from Debian's font packages (``FONT_PACKAGES``, installed by ``make`` set-up).
 """
 

@@ -41,7 +41,7 @@ from anybind.layout import DONE_NAME, ChatDir, decoder_reference_for
 from anybind.models.decoders import load_decoder, parse_reference
 from anybind.models.losses import conditioning_loss
 from anybind.models.space import embed_rows
-from anybind.training.dialogues import OWN, Dialogue, encode_dialogue, make_dialogues
+from anybind.training.dialogues import Dialogue, encode_dialogue, make_dialogues
 from anybind.training.settings import InstructSettings
 from anybind.training.stage import Stage
 from anybind.training.trainer import LoopSettings, say
@@ -175,12 +175,9 @@ def _dialogues(chat: ChatModel, manifest: Manifest, settings: InstructSettings, 
     prompts = {m: parse_reference(chat.decoder_reference(m), m)[0].output_prompts() for m in chat.outputs}
     dialogues = make_dialogues(manifest, attachments, settings.conversations, settings.seed, prompts)
     own = [d for d in dialogues if d.answer[0][0] == "own"]
-    earlier = [(d, j) for d in dialogues for j, t in enumerate(d.turns) if t.text == OWN]  # plain turns in histories
-    said = chat.own_answers([d.turns[-1].text for d in own] + [d.turns[j - 1].text for d, j in earlier], 32, progress)
-    for d, text in zip(own, said):
-        d.answer = [("text", text or "OK.")]
-    for (d, j), text in zip(earlier, said[len(own):]):
-        d.turns[j] = Turn("assistant", text or "OK.")
+    if own:
+        for d, text in zip(own, chat.own_answers([d.turns[-1].text for d in own], 32, progress)):
+            d.answer = [("text", text or "OK.")]
     vocab = OutputVocab(list(chat.outputs.values()), backbone.vocab_size)
     end_id = encode(backbone.tokenizer, [Turn("user", "Hi")], 1, answer="Hello.").ids[-1]
     for d in dialogues:
@@ -202,7 +199,10 @@ def _train(stage: Stage, chat: ChatModel, dialogues: list[Dialogue], attachments
     for output in chat.outputs.values():
         output.train().requires_grad_(settings.image_output_lr_scale > 0)
         output.head.requires_grad_(True)  # the [TOK0] gate ("make one now?") follows the adapters at the full rate
-    peft_model = get_peft_model(chat.backbone.model, _lora_config(chat.backbone.model, settings))
+    from anybind.models.backbone import quiet_peft
+
+    with quiet_peft():
+        peft_model = get_peft_model(chat.backbone.model, _lora_config(chat.backbone.model, settings))
     tuner = _Tuner(chat, peft_model, cond_of, settings)
     trainable = sum(p.numel() for p in tuner.parameters() if p.requires_grad)
     say(stage.accelerator, f"instruct: {len(dialogues)} conversations ({', '.join(sorted(attachments))} attachments), "
@@ -221,6 +221,7 @@ def _train(stage: Stage, chat: ChatModel, dialogues: list[Dialogue], attachments
                         lr_scales={**scales, "outputs.": settings.image_output_lr_scale})
     seconds = stage.run_loop(module=tuner, n_rows=len(dialogues), step_fn=step_fn, loop=loop, report=lambda _: dict(last))
     record = {"steps": settings.steps, "seconds": round(seconds, 2), "conversations": len(dialogues),
+              "modalities": sorted(attachments),
               "rank": settings.rank, "layers": settings.layers, "lr": settings.lr, "batch_size": settings.batch_size,
               "trainable_parameters": trainable, **{k: round(v, 4) for k, v in last.items()}}
     return record, peft_model

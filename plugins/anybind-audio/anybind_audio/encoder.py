@@ -89,7 +89,7 @@ class AudioEncoderConfig:
     layers: int = 1  # transformer layers over the conv patch tokens
     heads: int = 4
     noise_snr_db: tuple = (5.0, 40.0)  # training-time noise
-    speed: tuple = (0.8, 1.25)  # training-time speed (and pitch) change, by resampling
+    speed: tuple = (1.0, 1.0)  # training-time speed (and pitch) change by resampling, e.g. (0.8, 1.25); off
     spec_masks: int = 2  # SpecAugment masks of each kind, training only
 
 
@@ -136,7 +136,7 @@ class AudioEncoder(ModalityEncoder):
         return {"wave": out, "length": torch.tensor(n)}
 
     def augment(self, batch):
-        """A random speed (0.8-1.25x: voices speak slower or faster, and higher or lower), placement
+        """A random speed (``speed``: voices speak slower or faster, and higher or lower), placement
         in the window, gain, and white or low-passed noise at a random SNR."""
         import torchaudio
 

@@ -159,8 +159,8 @@ def build_ood(builder) -> None:
     jobs = []
     for variant in held_out_voices(builder)["test"]:
         accent = ACCENTS[int(rng.integers(len(ACCENTS)))]
-        speed = int(rng.integers(80, 106)) if rng.random() < 0.5 else int(rng.integers(250, 301))
-        pitch = int(rng.integers(0, 13)) if rng.random() < 0.5 else int(rng.integers(88, 100))
+        speed = int(rng.integers(85, 110)) if rng.random() < 0.5 else int(rng.integers(241, 281))
+        pitch = int(rng.integers(2, 15)) if rng.random() < 0.5 else int(rng.integers(86, 100))
         jobs.append((variant, f"{accent}+{variant}", speed, pitch, int(rng.integers(60, 160))))
     with ThreadPoolExecutor(max_workers=max(2, (os.cpu_count() or 2))) as pool:
         spoken = list(pool.map(lambda j: _speak(words, *j[1:]), jobs))

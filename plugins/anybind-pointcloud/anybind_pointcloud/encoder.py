@@ -109,8 +109,7 @@ class PointCloudEncoder(ModalityEncoder):
 
     def augment(self, batch):
         """Random rotation about the vertical axis and scaling, the same for centres and groups; then
-        jitter on the neighbour offsets and some groups dropped (``jitter``, ``token_drop``): at random,
-        or those of one side, as a scan from one direction misses them."""
+        jitter on the neighbour offsets and a random subset of groups dropped (``jitter``, ``token_drop``)."""
         b = batch["centres"].shape[0]
         angle = (torch.rand(b) - 0.5) * (math.pi / 12)  # +-7.5 degrees
         cos, sin = angle.cos(), angle.sin()
@@ -126,11 +125,7 @@ class PointCloudEncoder(ModalityEncoder):
         if self.config.token_drop:
             g = out["centres"].shape[1]
             keep = g - int(round(g * self.config.token_drop))
-            # Half the clouds lose groups at random, the other half the groups of one side (a partial scan).
-            direction = torch.nn.functional.normalize(torch.randn(b, 2), dim=1)
-            along = (out["centres"][..., :2] * direction[:, None]).sum(-1)  # (B, G)
-            scores = torch.where(torch.rand(b, 1) < 0.5, along + 0.1 * torch.rand(b, g), torch.rand(b, g))
-            idx = scores.argsort(1)[:, :keep]
+            idx = torch.rand(b, g).argsort(1)[:, :keep]
             out["neighbours"] = torch.gather(out["neighbours"], 1, idx[:, :, None, None].expand(-1, -1, *out["neighbours"].shape[2:]))
             out["centres"] = torch.gather(out["centres"], 1, idx[:, :, None].expand(-1, -1, 3))
         return out

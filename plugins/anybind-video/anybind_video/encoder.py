@@ -62,7 +62,7 @@ class VideoEncoderConfig:
     mean: tuple = (0.5, 0.5, 0.5)
     std: tuple = (0.5, 0.5, 0.5)
     #: each frame as the image modality normalises it ("ink": line drawings; "none": only resized)
-    normalize: str = "ink"
+    normalize: str = "none"
     ink_grid: int = 8
 
 
