@@ -87,8 +87,12 @@ class ChatModel:
         model = cls(AnybindModel({}), backbone, projectors, chat.path, bound_dir=bound_dir, outputs=outputs)
         model.instructed = tuned
         if tuned:
-            recorded = read_json(chat.instruct / DONE_NAME).get("modalities")
-            model.instructed_modalities = set(recorded) if recorded is not None else None
+            done = chat.instruct / DONE_NAME
+            recorded = read_json(done).get("modalities")
+            # Older instruct stages did not record them: the towers trained before it ran.
+            model.instructed_modalities = set(recorded) if recorded is not None else {
+                m for m in model.modalities if (bound_dir / m / DONE_NAME).is_file()
+                and (bound_dir / m / DONE_NAME).stat().st_mtime < done.stat().st_mtime}
         if decoder is not None and outputs:
             model.use_decoder(decoder)
         return model

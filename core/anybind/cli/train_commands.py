@@ -92,7 +92,8 @@ def train_bind_command(manifest, out, modalities, steps, batch_size, lr, embed_d
     results = train_bind(manifest, out, list(modalities) or None, settings, retrain=retrain)
     for r in results:
         click.echo(f"bound {r['modality']}: {r['rows']} rows in {r['seconds']:.1f}s")
-    click.echo(f"Model: {out}  (next: anybind eval bind --model {out} --manifest {manifest})")
+    only = "".join(f" --modality {m}" for m in modalities)
+    click.echo(f"Model: {out}  (next: anybind eval bind --model {out} --manifest {manifest}{only})")
 
 
 @train.command(name="align-in")
