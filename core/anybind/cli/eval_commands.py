@@ -33,12 +33,18 @@ def _suite(manifest: str | None, suite: str) -> str:
     return DEFAULT_OOD if suite == "ood" else DEFAULT_WORLD
 
 
+def suite_options(command):
+    """``--manifest`` and ``--suite``: which held-out data an evaluation reads (see :func:`_suite`)."""
+    command = click.option("--suite", type=click.Choice(["sample", "ood"]), default="sample", show_default=True,
+                           help="ood: the out-of-distribution world (anybind world build DIR --variant ood).")(command)
+    return click.option("--manifest", default=None, type=click.Path(),
+                        help=f"Manifest file or world folder (default: {DEFAULT_WORLD}, or with --suite ood "
+                             f"{DEFAULT_OOD}).")(command)
+
+
 @eval_group.command(name="bind")
 @click.option("--model", "model_dir", default=DEFAULT_BIND, show_default=True, type=click.Path())
-@click.option("--manifest", default=None, type=click.Path(),
-              help=f"Manifest file or world folder (default: {DEFAULT_WORLD}, or with --suite ood {DEFAULT_OOD}).")
-@click.option("--suite", type=click.Choice(["sample", "ood"]), default="sample", show_default=True,
-              help="ood: the out-of-distribution world (anybind world build DIR --variant ood).")
+@suite_options
 @click.option("--modality", "modalities", multiple=True)
 @click.option("--prompt", help="Zero-shot prompt template with {label} (default: the world's, e.g. 'a handwritten {label}').")
 @click.option("--json", "as_json", is_flag=True)
@@ -65,10 +71,7 @@ def eval_bind_command(model_dir, manifest, suite, modalities, prompt, as_json):
 
 @eval_group.command(name="chat")
 @click.option("--model", "model_dir", default=DEFAULT_CHAT, show_default=True, type=click.Path())
-@click.option("--manifest", default=None, type=click.Path(),
-              help=f"Manifest file or world folder (default: {DEFAULT_WORLD}, or with --suite ood {DEFAULT_OOD}).")
-@click.option("--suite", type=click.Choice(["sample", "ood"]), default="sample", show_default=True,
-              help="ood: the out-of-distribution world (anybind world build DIR --variant ood).")
+@suite_options
 @click.option("--modality", "modalities", multiple=True)
 @click.option("--limit", type=int, default=100, show_default=True, help="Held-out attachments per modality.")
 @click.option("--json", "as_json", is_flag=True)
