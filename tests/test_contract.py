@@ -22,7 +22,6 @@ from anybind.eval.judge import Judge
 from anybind.models.decoders import load_decoder
 from anybind.models.space import Tower
 from anybind.specs import resolve
-from conftest import run_cli
 
 MODALITIES = sorted(plugins.modalities())
 DECODERS = sorted(plugins.decoders())

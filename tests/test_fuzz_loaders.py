@@ -5,8 +5,6 @@ cut or refused before they are read."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -70,6 +70,15 @@ def decoder_reference_for(chat_dir: Path, reference: str) -> str:
     return os.path.relpath(Path(reference).resolve(), Path(chat_dir).resolve())
 
 
+def stored_decoder_reference(chat_dir: Path, stored: str) -> str:
+    """The reference :func:`decoder_reference_for` stored, usable again: a relative path resolved
+    against the chat directory, ``NAME:PATH`` and absolute paths as they are."""
+    name, sep, _ = stored.partition(":")
+    if sep and len(name) > 1 or Path(stored).is_absolute():
+        return stored
+    return str((Path(chat_dir) / stored).resolve())
+
+
 class ChatDir:
     """A chat model directory: its config and where each trained part lives."""
 

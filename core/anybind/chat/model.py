@@ -20,7 +20,7 @@ import torch
 
 from anybind.chat.conversation import Attachment, Encoded, Turn
 from anybind.errors import CheckpointError, InputError
-from anybind.layout import DONE_NAME, ChatDir
+from anybind.layout import DONE_NAME, ChatDir, stored_decoder_reference
 from anybind.specs import BINDING_MODALITY
 from anybind.models.backbone import Backbone, apply_adapter, load_backbone
 from anybind.models.output import GenerativeOutput, sentence_boundaries
@@ -55,8 +55,8 @@ class ChatModel:
         self._boundaries = None
         self.soft_tokens = next(iter(projectors.values())).config.tokens if projectors else 4
         self.instructed = False
-        #: the modalities the instruct stage trained on as attachments (None: not recorded, read as all)
-        self.instructed_modalities: set[str] | None = set()
+        #: the modalities the instruct stage trained on as attachments
+        self.instructed_modalities: set[str] = set()
 
     @classmethod
     def from_pretrained(cls, path: Path | str, backbone: Backbone | None = None, decoder: str | None = None,
@@ -190,11 +190,9 @@ class ChatModel:
         reference = self._decoder_references.get(output.modality)
         if reference is not None:
             return reference
-        reference = output.config.decoder
-        name, sep, _ = reference.partition(":")
-        if not (sep and len(name) > 1) and self.path is not None and not Path(reference).is_absolute():
-            reference = str((self.path / reference).resolve())  # stored relative to the chat model directory
-        return reference
+        if self.path is None:
+            return output.config.decoder
+        return stored_decoder_reference(self.path, output.config.decoder)
 
     def use_decoder(self, reference: str) -> None:
         """Make outputs with the decoder ``reference`` points at (its modality must be one this model makes)."""

@@ -55,9 +55,9 @@ def evaluate_chat(model, manifest: Manifest | Path | str, modalities: list[str] 
         if not rows:
             continue
         attachments = [Attachment(modality, r[modality], e) for r, e in zip(rows, embeddings)]
-        taught = getattr(model, "instructed_modalities", set())
+        taught = getattr(model, "instructed_modalities", set())  # a bound model: none
         entry = {"n_test": len(rows), "question": question,
-                 "instructed": bool(getattr(model, "instructed", False)) and (taught is None or modality in taught)}
+                 "instructed": bool(getattr(model, "instructed", False)) and modality in taught}
         routes = [("image_projector", BINDING_MODALITY)]
         if modality != BINDING_MODALITY and modality in model.projectors:
             routes.append(("own_projector", modality))

@@ -134,6 +134,7 @@ def evaluate(q) -> tuple:
     """Held-out evaluation three ways: the sample world's test split, the out-of-distribution
     world (built here the first time: it is never trained on), and multi-turn conversations."""
     import anybind
+    from anybind.data.manifest import read_manifest
     from anybind.data.world import build_world
     from anybind.eval import evaluate_bind, evaluate_chat, evaluate_conversations, evaluate_generate, output_judge
 
@@ -142,22 +143,15 @@ def evaluate(q) -> tuple:
     if not (q.run.world_ood / "manifest.jsonl").is_file():
         build_world(q.run.world_ood, variant="ood", progress=q.progress)
     chat, bound = anybind.load(q.run.chat), anybind.load(q.run.bind)
-    generate = evaluate_generate(q.run.world, decoder=chat.decoder(), model=chat, progress=q.progress)
+    world, ood = read_manifest(q.run.world), read_manifest(q.run.world_ood)  # read once, for every evaluation
+    generate = evaluate_generate(world, decoder=chat.decoder(), model=chat, progress=q.progress)
     q.record["eval"] = {
-        "bind": evaluate_bind(bound, q.run.world), "chat": evaluate_chat(chat, q.run.world, progress=q.progress),
+        "bind": evaluate_bind(bound, world), "chat": evaluate_chat(chat, world, progress=q.progress),
         "generate": generate,
-        "ood": {"bind": evaluate_bind(bound, q.run.world_ood),
-                "chat": evaluate_chat(chat, q.run.world_ood, progress=q.progress)},
-        "conversations": evaluate_conversations(chat, _manifest(q.run.world), judge=output_judge(chat, q.run.world),
-                                                progress=q.progress),
+        "ood": {"bind": evaluate_bind(bound, ood), "chat": evaluate_chat(chat, ood, progress=q.progress)},
+        "conversations": evaluate_conversations(chat, world, judge=output_judge(chat, world), progress=q.progress),
     }
     return True, ""
-
-
-def _manifest(path):
-    from anybind.data.manifest import read_manifest
-
-    return read_manifest(path)
 
 
 #: Every stage in the order it runs: the demo before the evaluation, so the first interleaved

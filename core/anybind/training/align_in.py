@@ -96,13 +96,14 @@ def train_align_in(manifest_path: Path | str, bound: Path | str, out: Path | str
     with stage.lock():
         if stage.done and not retrain:
             return {"modality": modality, **stage.skipped()}
-        rows, embeddings = _embedded_rows(manifest, bound, modality, settings, stage)
+        rows, embeddings = _embedded_rows(manifest, bound, modality, settings, stage, chat)
         result = _train(stage, manifest, rows, embeddings, backbone, modality, settings)
         stage.finish(result["record"], lambda: _save(chat, result["projector"], bound, backbone, settings, modality))
     return result["record"]
 
 
-def _embedded_rows(manifest: Manifest, bound: Path, modality: str, settings: AlignSettings, stage: Stage):
+def _embedded_rows(manifest: Manifest, bound: Path, modality: str, settings: AlignSettings, stage: Stage,
+                   chat: ChatDir):
     """The training rows with a file of ``modality`` and a label or caption, and their frozen embeddings."""
     if modality not in manifest.modalities():
         raise InputError(manifest.path, f"has no {modality!r} column to align")
@@ -111,7 +112,7 @@ def _embedded_rows(manifest: Manifest, bound: Path, modality: str, settings: Ali
         raise InputError(manifest.path, f"no training rows with a {modality} file and a label or caption")
     torch.manual_seed(settings.seed)
     tower = Tower.from_pretrained(bound / modality).eval().requires_grad_(False)
-    bad_log = MetricsLog(stage.directory / "bad_rows.jsonl", enabled=stage.is_main)
+    bad_log = MetricsLog(chat.bad_rows, enabled=stage.is_main)
     rows, samples = load_samples(manifest, rows, modality, tower.encoder, settings, stage.accelerator, bad_log)
     tower.to(stage.accelerator.device)
     return rows, tower.embed_samples(samples, batch_size=256)  # (N, D), frozen: computed once

@@ -15,7 +15,6 @@ every example runs once, so a step takes milliseconds on a CPU.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import torch
 
@@ -25,7 +24,6 @@ from anybind.data.manifest import Manifest, read_manifest
 from anybind.data.prompts import ASK, CHAT, TOPICS, OutputPrompts, first_sentence, sentence
 from anybind.errors import InputError
 from anybind.layout import DONE_NAME, ChatDir, decoder_reference_for
-from anybind.specs import BINDING_MODALITY
 from anybind.models.decoders import parse_reference
 from anybind.models.output import GenerativeOutput, GenerativeOutputConfig
 from anybind.training.output_objective import Example, OutputObjective

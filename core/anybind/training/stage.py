@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from anybind.errors import AnybindError
-from anybind.persistence import write_json_atomic
+from anybind.persistence import read_json, write_json_atomic
 from anybind.training.trainer import MetricsLog, make_accelerator, run_loop
 
 LOCK_NAME = ".lock"
@@ -114,7 +114,7 @@ class Stage:
 
     def record(self) -> dict:
         """What the finished part recorded (its training.json)."""
-        return json.loads(self.done_file.read_text())
+        return read_json(self.done_file)
 
     def skipped(self) -> dict:
         print(f"{self.stage} {self.part}: already trained in {self.done_file.parent} (use --retrain to train again)")
