@@ -5,7 +5,7 @@ This stage lets the LM itself adapt, a little: low-rank adapters (peft LoRA) on 
 attention of its last layers train together with the input projectors and each output's
 ``[TOK0]`` gate, on the multi-turn conversations of :mod:`anybind.training.dialogues`.
 
-Loss: cross-entropy over the extended vocabulary on the final answer (each output's
+Loss: cross-entropy over the extended vocabulary on every assistant answer (each output's
 ``[TOK0]`` where it belongs, the forced ``[TOK1..]`` excluded) plus, per output, the MSE
 (and the mild caption contrast) between the projected ``[TOK]`` states and the decoder's
 encoding of the caption, as in align-out. The output projectors and ``[TOK]`` rows stay as
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anybind import plugins
-from anybind.chat.conversation import Attachment, Turn, encode, input_embeddings
+from anybind.chat.conversation import Attachment, PrefixCache, Turn, encode, input_embeddings, split_prefix
 from anybind.chat.model import ChatModel
 from anybind.chat.outputs import OutputVocab, pad_contexts
 from anybind.data.manifest import Manifest, read_manifest
@@ -41,7 +41,7 @@ from anybind.layout import DONE_NAME, ChatDir, decoder_reference_for
 from anybind.models.decoders import load_decoder, parse_reference
 from anybind.models.losses import conditioning_loss
 from anybind.models.space import embed_rows
-from anybind.training.dialogues import Dialogue, encode_dialogue, make_dialogues
+from anybind.training.dialogues import Dialogue, encode_dialogue, fill_own, make_dialogues, own_questions
 from anybind.training.settings import InstructSettings
 from anybind.training.stage import Stage
 from anybind.training.trainer import LoopSettings, say
@@ -75,22 +75,36 @@ class _Tuner(nn.Module):
         self.banks = {m: torch.stack(list(c.values())) for m, c in cond_of.items() if c}
         self.settings = settings
 
-    def forward(self, batch: list[Dialogue]) -> tuple[torch.Tensor, dict]:
+    def _hidden(self, batch: list[Dialogue]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The LM's final states: of the opening every row shares (run once, without gradient,
+        under the adapters as they are now), and of each row after it. Rows run in micro-batches
+        of similar length, so little of the compute goes to padding."""
         chat = self.chat
-        model = chat.backbone.model
-        soft = [chat.soft_tokens_for(d.encoded, grad=True) for d in batch]
-        embeds, mask = input_embeddings(chat.backbone, [d.encoded for d in batch], soft, pad_left=False)
-        if any(d.outputs for d in batch):
-            embeds = embeds.clone()
-            for row, d in enumerate(batch):
-                for start, modality, _ in d.outputs:
-                    output = self.outputs[modality]
-                    embeds[row, start:start + output.tokens] = output.embed.to(embeds.dtype)
-        hidden = model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state  # (B, T, H)
-        rows = [row for row, d in enumerate(batch) for _ in d.targets]
-        positions = [p for d in batch for p, _ in d.targets]
-        ids = torch.tensor([t for d in batch for _, t in d.targets], device=hidden.device)
-        states = hidden[rows, positions]
+        shared, tails = split_prefix([d.encoded for d in batch])
+        prefix, n = PrefixCache(chat.backbone, shared), len(shared)
+        hidden: list[torch.Tensor | None] = [None] * len(batch)
+        order = sorted(range(len(batch)), key=lambda r: len(tails[r].ids))
+        size = max(1, -(-len(batch) // max(1, self.settings.micro_batches)))
+        for chunk in [order[i:i + size] for i in range(0, len(order), size)]:
+            soft = [chat.soft_tokens_for(batch[r].encoded, grad=self.settings.train_projectors) for r in chunk]
+            embeds, mask = input_embeddings(chat.backbone, [tails[r] for r in chunk], soft, pad_left=False)
+            if any(batch[r].outputs for r in chunk):
+                embeds = embeds.clone()
+                for i, r in enumerate(chunk):
+                    for start, modality, _ in batch[r].outputs:
+                        output = self.outputs[modality]
+                        embeds[i, start - n:start - n + output.tokens] = output.embed.to(embeds.dtype)
+            out = prefix.forward(embeds, mask).last_hidden_state
+            for i, r in enumerate(chunk):
+                hidden[r] = out[i, :len(tails[r].ids)]
+        return prefix.hidden, hidden
+
+    def forward(self, batch: list[Dialogue]) -> tuple[torch.Tensor, dict]:
+        model = self.chat.backbone.model
+        opening, tails = self._hidden(batch)
+        rows = [torch.cat([opening, tail]) for tail in tails]  # (T_row, H): every position of the row
+        states = torch.stack([rows[r][p] for r, d in enumerate(batch) for p, _ in d.targets])
+        ids = torch.tensor([t for d in batch for _, t in d.targets], device=states.device)
         logits = model.get_output_embeddings()(states).float()
         if len(self.vocab):
             logits = torch.cat([logits, self.vocab.gate_logits(states)], dim=-1)
@@ -101,9 +115,9 @@ class _Tuner(nn.Module):
             made = [(row, start, caption) for row, d in enumerate(batch) for start, m, caption in d.outputs if m == modality]
             if not made:
                 continue
-            made_states = torch.stack([hidden[row, start:start + output.tokens] for row, start, _ in made])
-            context, context_mask = pad_contexts([hidden[row, :start] for row, start, _ in made])  # right padding: all real
-            target = torch.stack([self.cond_of[modality][c] for _, _, c in made]).to(hidden.device)
+            made_states = torch.stack([rows[row][start:start + output.tokens] for row, start, _ in made])
+            context, context_mask = pad_contexts([rows[row][:start] for row, start, _ in made])  # right padding: all real
+            target = torch.stack([self.cond_of[modality][c] for _, _, c in made]).to(states.device)
             mse, contrast = conditioning_loss(output(made_states, context, context_mask), target,
                                               self.banks.get(modality), self.settings.contrast_temperature)
             loss = loss + self.settings.mse_weight * mse + self.settings.contrast_weight * contrast
@@ -174,10 +188,8 @@ def _dialogues(chat: ChatModel, manifest: Manifest, settings: InstructSettings, 
     attachments = _attachments(chat, manifest, settings.per_modality, settings.seed, progress)
     prompts = {m: parse_reference(chat.decoder_reference(m), m)[0].output_prompts() for m in chat.outputs}
     dialogues = make_dialogues(manifest, attachments, settings.conversations, settings.seed, prompts)
-    own = [d for d in dialogues if d.answer[0][0] == "own"]
-    if own:
-        for d, text in zip(own, chat.own_answers([d.turns[-1].text for d in own], 32, progress)):
-            d.answer = [("text", text or "OK.")]
+    questions = own_questions(dialogues)
+    fill_own(dialogues, dict(zip(questions, chat.own_answers(questions, 32, progress))))
     vocab = OutputVocab(list(chat.outputs.values()), backbone.vocab_size)
     end_id = encode(backbone.tokenizer, [Turn("user", "Hi")], 1, answer="Hello.").ids[-1]
     for d in dialogues:
@@ -195,7 +207,7 @@ def _train(stage: Stage, chat: ChatModel, dialogues: list[Dialogue], attachments
         cond_of[modality] = dict(zip(captions, decoder.encode_prompt(captions).cpu())) if captions else {}
         del decoder
     for module in chat.projectors.values():
-        module.train().requires_grad_(True)
+        module.train(settings.train_projectors).requires_grad_(settings.train_projectors)
     for output in chat.outputs.values():
         output.train().requires_grad_(settings.image_output_lr_scale > 0)
         output.head.requires_grad_(True)  # the [TOK0] gate ("make one now?") follows the adapters at the full rate
