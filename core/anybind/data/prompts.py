@@ -44,12 +44,6 @@ CHAT = ("What is 2+3?", "Say hello.", "Name a color.", "What is 7 times 8?", "Te
 #: Follow-ups that ask for the earlier answer's label in one word.
 FOLLOW_NAME = ("Name it in one word.", "Just the word, please.", "Say it in one word.")
 
-#: Asking again which one the last subject was (training wording), and about several attachments at once.
-SAY_AGAIN = ("Which {kind} was it again?", "What was that {kind}?", "Remind me what it was.", "And which one was that?",
-             "Which {kind} was that one?", "Tell me once more what it was.")
-SEVERAL = ("What {kind}s are these?", "Which {kind}s do these show?", "Name each of them.", "What are these?",
-           "What is each of these?", "Which {kind} is each one?")
-
 #: The multi-turn evaluation's own wording (never trained on): plain questions between the turns
 #: about attachments, asking again about the last attachment, and about several at once.
 EVAL_PLAIN = ("What colour is the sky on a clear day?", "Name a fruit that is yellow.", "What is the opposite of hot?",

@@ -5,7 +5,7 @@ This stage lets the LM itself adapt, a little: low-rank adapters (peft LoRA) on 
 attention of its last layers train together with the input projectors and each output's
 ``[TOK0]`` gate, on the multi-turn conversations of :mod:`anybind.training.dialogues`.
 
-Loss: cross-entropy over the extended vocabulary on every assistant answer (each output's
+Loss: cross-entropy over the extended vocabulary on the final answer (each output's
 ``[TOK0]`` where it belongs, the forced ``[TOK1..]`` excluded) plus, per output, the MSE
 (and the mild caption contrast) between the projected ``[TOK]`` states and the decoder's
 encoding of the caption, as in align-out. The output projectors and ``[TOK]`` rows stay as
@@ -41,7 +41,7 @@ from anybind.layout import DONE_NAME, ChatDir, decoder_reference_for
 from anybind.models.decoders import load_decoder, parse_reference
 from anybind.models.losses import conditioning_loss
 from anybind.models.space import embed_rows
-from anybind.training.dialogues import Dialogue, encode_dialogue, fill_own, make_dialogues, own_questions
+from anybind.training.dialogues import Dialogue, encode_dialogue, make_dialogues
 from anybind.training.settings import InstructSettings
 from anybind.training.stage import Stage
 from anybind.training.trainer import LoopSettings, say
@@ -188,8 +188,10 @@ def _dialogues(chat: ChatModel, manifest: Manifest, settings: InstructSettings, 
     attachments = _attachments(chat, manifest, settings.per_modality, settings.seed, progress)
     prompts = {m: parse_reference(chat.decoder_reference(m), m)[0].output_prompts() for m in chat.outputs}
     dialogues = make_dialogues(manifest, attachments, settings.conversations, settings.seed, prompts)
-    questions = own_questions(dialogues)
-    fill_own(dialogues, dict(zip(questions, chat.own_answers(questions, 32, progress))))
+    own = [d for d in dialogues if d.answer[0][0] == "own"]
+    if own:
+        for d, text in zip(own, chat.own_answers([d.turns[-1].text for d in own], 32, progress)):
+            d.answer = [("text", text or "OK.")]
     vocab = OutputVocab(list(chat.outputs.values()), backbone.vocab_size)
     end_id = encode(backbone.tokenizer, [Turn("user", "Hi")], 1, answer="Hello.").ids[-1]
     for d in dialogues:

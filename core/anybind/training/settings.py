@@ -56,17 +56,14 @@ class AlignOutSettings:
 
 @dataclass
 class InstructSettings:
-    # 90 steps over 720 conversations with histories: multi-turn behaviours from 0.00-0.53 to
-    # 0.40-0.93 while single-turn drawing holds (bench/RESULTS.md, "instruct: conversations");
-    # 120 steps learned more turns but drew worse.
-    steps: int = 90
+    steps: int = 60
     batch_size: int = 8
     lr: float = 1e-3
     rank: int = 8  # LoRA rank
     alpha: int = 16
     layers: int = 8  # adapters on the LM's last N layers (0: all): backward stops below them
     target_modules: tuple[str, ...] | None = None  # default: peft's choice for the architecture
-    conversations: int = 720
+    conversations: int = 480
     per_modality: int = 120  # attachments embedded per modality
     mse_weight: float = 1.0
     # The input projectors (align-in trained them) train on too; frozen, backward stops at the
