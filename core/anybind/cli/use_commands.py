@@ -31,18 +31,37 @@ def embed(inputs, model_dir, as_json):
             click.echo(" ".join(f"{v:+.4f}" for v in vector))
 
 @cli.command()
-@click.option("--query", "-q", required=True, help="A file of any installed modality, or text.")
-@click.option("--corpus", "-c", required=True, type=click.Path(exists=True), help="A folder of files or a manifest.")
+@click.argument("query", required=False, metavar="QUERY")
+@click.option("--query", "-q", "query_option", help="The query, as an option (same as QUERY).")
+@click.option("--index", "index_dir", type=click.Path(), help="An index (anybind index build): search it, embed only the query.")
+@click.option("--corpus", "-c", type=click.Path(exists=True), help="A folder of files or a manifest, embedded for this query.")
 @click.option("--model", "model_dir", default=DEFAULT_BIND, show_default=True, type=click.Path())
-@click.option("-k", "top_k", type=int, default=5, show_default=True)
+@click.option("-k", "top_k", type=click.IntRange(1), default=5, show_default=True)
 @click.option("--modality", "modalities", multiple=True, help="Only return these modalities.")
 @click.option("--json", "as_json", is_flag=True)
-def retrieve(query, corpus, model_dir, top_k, modalities, as_json):
-    """Find the corpus files nearest to the query, across modalities."""
+def retrieve(query, query_option, index_dir, corpus, model_dir, top_k, modalities, as_json):
+    """Find the files nearest to QUERY (a file of any installed modality, or text), across
+    modalities: from an index built once (--index), or by embedding a corpus now (--corpus)."""
     import anybind
     from anybind.retrieval import retrieve as nearest
 
-    for score, modality, path in nearest(anybind.load(model_dir), query, corpus, top_k, modalities):
+    if (query is None) == (query_option is None):
+        raise click.UsageError("give the query once: as QUERY or as --query/-q")
+    if (index_dir is None) == (corpus is None):
+        raise click.UsageError("give either --index INDEX (fast: built once) or --corpus/-c CORPUS")
+    query = query if query is not None else query_option
+    if index_dir is not None:
+        from anybind.index import Index
+        from anybind.models.space import resolve_input
+
+        resolved = resolve_input(query)  # a bad query file fails before anything loads
+        index = Index.load(index_dir)
+        model = anybind.load(model_dir)
+        index.check_model(model)
+        found = index.search(model.embed_resolved([resolved])[0].numpy(), top_k, modalities)
+    else:
+        found = nearest(anybind.load(model_dir), query, corpus, top_k, modalities)
+    for score, modality, path in found:
         if as_json:
             click.echo(json.dumps({"path": path, "modality": modality, "score": round(score, 5)}))
         else:
