@@ -85,8 +85,8 @@ class ImageEncoderConfig:
     std: tuple = (0.5, 0.5, 0.5)
     #: "none": only resized; "ink" for line drawings (digits, sketches): either polarity, any
     #: background, size or position is brought to dark ink on white, cropped to the ink and
-    #: resampled through an ``ink_grid`` square grid (the sample world's digits are 8x8). The plugin
-    #: turns it on (with ``rotate``/``scale``) for new towers; "none" here keeps older towers as they were.
+    #: resampled through an ``ink_grid`` square grid (the sample world's digits are 8x8). Off by
+    #: default until it holds on the held-out split too (bench/RESULTS.md, "quality beyond the split").
     normalize: str = "none"
     ink_grid: int = 8
     #: training-time augmentation: rotation (degrees) and scale (fraction) at random, per image (0: none)

@@ -19,6 +19,5 @@ def register_modalities(register):
             # core) rather than 80 took zero-shot to text from 0.94 to 0.97 and chat on held-out
             # clips from 0.87 to 0.98 (bench/RESULTS.md).
             train={"steps": 200, "batch_size": 64, "lr": 1e-3, "init_from": "image"},
-            config={"normalize": "ink"},  # each frame as new image towers read it
         )
     )
