@@ -25,11 +25,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from anybind import plugins
 from anybind.errors import AnybindError, InputError
 from anybind.persistence import check_writable, read_json
+from anybind.retrieval import corpus_files, files_by_modality
 
 FORMAT = "anybind.index"
 FLAT_BELOW = 100_000
@@ -111,9 +110,10 @@ class Index:
 
     def check_model(self, model) -> None:
         """Refuse a model other than the one the index was built with (its vectors would not compare)."""
-        if self.meta["model"] != model_fingerprint(model):
+        fingerprint = model_fingerprint(model)
+        if self.meta["model"] != fingerprint:
             raise StaleIndex(f"{self.path}: the index was built with another model (fingerprint {self.meta['model']}, "
-                             f"this model's is {model_fingerprint(model)}); build it again: anybind index build "
+                             f"this model's is {fingerprint}); build it again: anybind index build "
                              f"CORPUS -o {self.path} --model MODEL")
 
     def search(self, query: np.ndarray, top_k: int = 5, modalities=()) -> list[tuple[float, str, str]]:
@@ -151,9 +151,7 @@ def _embed_new(model, files: list[str], partial: Path, progress: bool) -> tuple[
 
     from anybind.models.space import embed_rows
 
-    by_modality: dict[str, list[str]] = {}
-    for f in files:
-        by_modality.setdefault(plugins.modality_for_path(f).name, []).append(f)
+    by_modality = files_by_modality(model, files)
     partial.mkdir(parents=True, exist_ok=True)
     vectors, entries, skipped = [], [], 0
     bar = tqdm(total=len(files), desc="index: embedding", unit="file", disable=not progress)
@@ -182,18 +180,11 @@ def _embed_new(model, files: list[str], partial: Path, progress: bool) -> tuple[
 
 
 def _indexable(model, files: list[str], modalities) -> list[str]:
-    keep = []
-    for f in files:
-        spec = plugins.modality_for_path(f)
-        if spec.name in model.towers and (not modalities or spec.name in modalities):
-            keep.append(f)
-    return keep
+    return [f for paths in files_by_modality(model, files, modalities).values() for f in paths]
 
 
 def build_index(model, corpus, out, *, modalities=(), kind: str = "auto", progress: bool = True) -> Index:
     """Embed every file of ``corpus`` (a folder or manifest) the model reads into a new index at ``out``."""
-    from anybind.retrieval import corpus_files
-
     out = Path(out)
     if (out / "index.json").is_file():
         raise AnybindError(f"{out}: an index is already there; add files with anybind index add, or remove it first")
@@ -216,8 +207,6 @@ def build_index(model, corpus, out, *, modalities=(), kind: str = "auto", progre
 
 def add_to_index(model, path, sources, *, modalities=(), progress: bool = True) -> tuple[Index, int]:
     """Embed the files of ``sources`` (folders, manifests or files) that the index lacks, and add them."""
-    from anybind.retrieval import corpus_files
-
     index = Index.load(path)
     index.check_model(model)
     have = {p for _, p in index.entries}

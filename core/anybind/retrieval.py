@@ -21,14 +21,21 @@ def corpus_files(corpus: Path | str) -> list[str]:
     return sorted(str(p) for p in corpus.rglob("*") if p.is_file() and p.suffix.lower() in known)
 
 
-def retrieve(model, query: str, corpus: Path | str, top_k: int = 5,
-             modalities: list[str] | tuple[str, ...] = ()) -> list[tuple[float, str, str]]:
-    """The ``top_k`` corpus files nearest ``query`` (a file or text): ``(score, modality, path)``, best first."""
+def files_by_modality(model, files, modalities=()) -> dict[str, list[str]]:
+    """``files`` grouped by the modality that reads each, keeping those the model embeds (and,
+    given ``modalities``, only those)."""
     by_modality: dict[str, list[str]] = {}
-    for f in corpus_files(corpus):
+    for f in files:
         spec = plugins.modality_for_path(f)
         if spec.name in model.towers and (not modalities or spec.name in modalities):
             by_modality.setdefault(spec.name, []).append(f)
+    return by_modality
+
+
+def retrieve(model, query: str, corpus: Path | str, top_k: int = 5,
+             modalities: list[str] | tuple[str, ...] = ()) -> list[tuple[float, str, str]]:
+    """The ``top_k`` corpus files nearest ``query`` (a file or text): ``(score, modality, path)``, best first."""
+    by_modality = files_by_modality(model, corpus_files(corpus), modalities)
     if not by_modality:
         raise AnybindError(f"{corpus}: no files of a modality this model embeds ({', '.join(model.modalities)})")
     query_vec = model.embed_resolved([resolve_input(query)])[0]
