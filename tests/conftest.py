@@ -1,6 +1,11 @@
+import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -165,3 +170,63 @@ def drawing_chat(small_world, small_bound, tiny_lm, decoder_dir, tmp_path_factor
     run_cli("train", "align-out", "--manifest", str(small_world), "--model", str(out), "--decoder", str(decoder_dir),
             "--steps", "40", "--batch-size", "8", "--lr", "0.01", check=True)
     return out
+
+
+def always_draws(chat_dir: Path, target: Path, bound: Path | None = None) -> Path:
+    """A copy of a drawing chat model whose [IMG0] always wins (to test the mechanics);
+    ``bound`` points it at another bound model."""
+    shutil.copytree(chat_dir, target)
+    config = json.loads((chat_dir / "config.json").read_text())
+    config["bound"] = os.path.relpath((bound or (chat_dir / config["bound"])).resolve(), target.resolve())
+    (target / "config.json").write_text(json.dumps(config))
+    from anybind.models.output import GenerativeOutput
+
+    gen = GenerativeOutput.from_pretrained(target / "image_output")
+    gen.config.decoder = os.path.relpath((chat_dir / gen.config.decoder).resolve(), target.resolve())
+    gen.set_logit_offset(1e4)
+    gen.save_pretrained(target / "image_output")
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``anybind serve`` in its own process on a free localhost port, as a user starts it;
+    its log is kept, and its temporary files go to ``tmp`` (to check that none are left)."""
+
+    def __init__(self, model: Path, folder: Path, *args: str):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tmp = folder / "tmp"
+        self.tmp.mkdir(exist_ok=True)
+        self.log = folder / "serve.log"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.began = time.time()
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen([str(BIN / "anybind"), "serve", "--model", str(model), "--port", str(self.port),
+                                          *args], stdout=log, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "TMPDIR": str(self.tmp)})
+        self.ready_seconds = self._wait()
+
+    def _wait(self, timeout: float = 180) -> float:
+        while time.time() - self.began < timeout:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"anybind serve exited ({self.proc.returncode}):\n{self.log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/", timeout=2):
+                    return time.time() - self.began
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise AssertionError(f"anybind serve did not answer in {timeout}s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()

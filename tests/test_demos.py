@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from anybind.data import read_manifest
-from conftest import REPO
-from test_diffusion import _always_draws
+from conftest import REPO, always_draws
 
 DEMOS = REPO / "demos"
 SCORE_LINE = re.compile(r"^  ([✓ ]) ([+-]\d\.\d{3})  (\w+)\s+(\S+)$")
@@ -81,7 +80,7 @@ def test_chat_about_audio_streams_and_follows_up_in_one_conversation(run_dir, tm
 
 
 def test_illustrated_answer_writes_one_self_contained_page(run_dir, tmp_path):
-    chat = _always_draws(run_dir / "chat", tmp_path / "draws")  # the tiny LM draws only when made to
+    chat = always_draws(run_dir / "chat", tmp_path / "draws")  # the tiny LM draws only when made to
     run = tmp_path / "run"
     run.mkdir()
     (run / "chat").symlink_to(chat, target_is_directory=True)

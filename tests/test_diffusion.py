@@ -6,8 +6,6 @@ sample world, and a tiny random causal LM (``hf:PATH``).
 """
 
 import json
-import os
-import shutil
 
 import numpy as np
 import pytest
@@ -21,22 +19,7 @@ from anybind.models.decoders import load_decoder
 from anybind.chat.decode import decode_text, decode_with_outputs
 from anybind.chat.events import OutputEvent, SamplingOptions, TextEvent
 from anybind.chat.outputs import OutputStates, OutputVocab
-from conftest import TINY_DECODER, run_cli
-
-def _always_draws(chat_dir, target):
-    """A copy of a drawing chat model whose [IMG0] always wins (to test the mechanics)."""
-    shutil.copytree(chat_dir, target)
-    config = json.loads((chat_dir / "config.json").read_text())
-    config["bound"] = os.path.relpath((chat_dir / config["bound"]).resolve(), target.resolve())
-    (target / "config.json").write_text(json.dumps(config))
-    from anybind.models.output import GenerativeOutput
-
-    gen = GenerativeOutput.from_pretrained(target / "image_output")
-    gen.config.decoder = os.path.relpath((chat_dir / gen.config.decoder).resolve(), target.resolve())
-    gen.set_logit_offset(1e4)
-    gen.save_pretrained(target / "image_output")
-    return target
-
+from conftest import TINY_DECODER, always_draws, run_cli
 
 def test_a_local_sd_checkpoint_generates_through_its_own_text_encoder(tiny_sd, tmp_path):
     out = tmp_path / "seven.png"
@@ -117,7 +100,7 @@ def test_align_out_trains_the_image_tokens(drawing_chat):
 
 
 def test_img_states_collected_while_decoding_are_those_of_one_forward_pass(drawing_chat, tmp_path):
-    model = anybind.load(_always_draws(drawing_chat, tmp_path / "draws"))
+    model = anybind.load(always_draws(drawing_chat, tmp_path / "draws"))
     backbone, gen = model.backbone, model.output("image")
     encoded = encode(backbone.tokenizer, model.conversation("Draw a seven."), model.soft_tokens)
     embeds, mask = input_embeddings(backbone, [encoded], [None], pad_left=True)
@@ -141,7 +124,7 @@ def test_img_states_collected_while_decoding_are_those_of_one_forward_pass(drawi
 
 
 def test_img_context_in_a_left_padded_batch_is_each_rows_own(drawing_chat, tmp_path):
-    model = anybind.load(_always_draws(drawing_chat, tmp_path / "draws"))
+    model = anybind.load(always_draws(drawing_chat, tmp_path / "draws"))
     backbone, gen = model.backbone, model.output("image")
     prompts = ["Draw a seven.", "Please draw the number three for me, in a big and clear hand."]
     encodings = [encode(backbone.tokenizer, model.conversation(p), model.soft_tokens) for p in prompts]
@@ -241,7 +224,7 @@ def test_a_silent_img_token_leaves_text_generation_unchanged(drawing_chat):
 
 
 def test_chat_interleaves_images_in_every_format(drawing_chat, tmp_path):
-    chat_dir = _always_draws(drawing_chat, tmp_path / "draws")
+    chat_dir = always_draws(drawing_chat, tmp_path / "draws")
     model = ChatModel.from_pretrained(chat_dir)
     events = list(model.generate("Draw a seven.", max_new_tokens=6, max_images=1))
     kinds = [e.type for e in events]
