@@ -16,6 +16,9 @@ unexport PYTHONDONTWRITEBYTECODE
 PLUGIN_DIRS := $(sort $(wildcard plugins/anybind-*))
 PLUGIN_NAMES := $(patsubst plugins/anybind-%,%,$(PLUGIN_DIRS))
 STAMP := $(VENV)/.anybind-setup
+# The browser test of `anybind serve`'s page drives Debian's chromium (Playwright's own download
+# is not reachable): installed with apt-get when root; elsewhere that test skips and says why.
+BROWSER := $(VENV)/.anybind-browser
 PYTEST_ARGS ?=
 
 .PHONY: quickstart test setup clean-venv
@@ -27,7 +30,7 @@ quickstart: $(STAMP)
 	$(BIN)/anybind plugins
 	$(BIN)/anybind quickstart --out runs/quickstart --started-at $(STARTED)
 
-test: $(STAMP)
+test: $(STAMP) $(BROWSER)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -43,6 +46,14 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) registry.yaml Makefile $(wildcard plugin
 	$(BIN)/anybind install --only-extras $(PLUGIN_NAMES)
 	@touch $(STAMP)
 	@echo "==> set-up done"
+
+$(BROWSER): $(STAMP)
+	@if command -v chromium >/dev/null; then touch $@; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "==> installing Debian's chromium for the browser test (once)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null && touch $@; } \
+	    || echo "==> apt-get could not install chromium: the browser test will skip"; \
+	else echo "==> no chromium and not root: the browser test will skip (sudo apt-get install chromium)"; fi
 
 clean-venv:
 	rm -rf $(VENV)

@@ -4,6 +4,7 @@
 * :mod:`~anybind.cli.use_commands`: embed, retrieve, generate, quickstart;
 * :mod:`~anybind.cli.index_commands`: index build, index add;
 * :mod:`~anybind.cli.chat`: chat;
+* :mod:`~anybind.cli.serve_commands`: serve;
 * :mod:`~anybind.cli.train_commands`: world, train;
 * :mod:`~anybind.cli.eval_commands`: eval.
 
@@ -12,7 +13,8 @@ commands through the ``register_commands`` hook.
 """
 
 from anybind import plugins
-from anybind.cli import eval_commands, index_commands, plugin_commands, train_commands, use_commands  # noqa: F401 - they register
+from anybind.cli import (eval_commands, index_commands, plugin_commands, serve_commands, train_commands,  # noqa: F401 - they register
+                         use_commands)
 from anybind.cli.app import cli
 from anybind.cli.chat import chat
 

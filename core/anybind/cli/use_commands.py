@@ -86,6 +86,19 @@ def quickstart(out, backbone, started_at):
     click.echo("")
     click.echo(summary_table(record))
     click.echo(f"Metrics: {Path(out) / 'metrics.json'}   Demo: {Path(out) / 'demo.html'}")
+    click.echo(f"Serve it (a chat page and an OpenAI-compatible API): {_this_command()} serve --model {Path(out) / 'chat'}")
+
+
+def _this_command() -> str:
+    """How the user can run this same ``anybind`` again: its name if it is on PATH, else its path
+    (``.venv/bin/anybind`` under ``make``)."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    ran = Path(sys.argv[0])
+    found = shutil.which("anybind")
+    return "anybind" if found and Path(found).resolve() == ran.resolve() else str(ran)
 
 
 
