@@ -1,89 +1,115 @@
-"""Benchmark: anybind's generation vs bare transformers `generate`, time to first token, peak RSS.
+"""Benchmark: anybind's generation, fp32 and int8, against bare transformers `generate` (fp32);
+time to first token; peak RSS of each.
 
-    .venv/bin/python bench/chat_speed.py [--model runs/chat] [--attach FILE] [--tokens 64] [--repeats 3]
+    .venv/bin/python bench/chat_speed.py [--model runs/quickstart/chat] [--attach FILE] [--tokens 64] [--repeats 3]
 
-Both sides decode greedily from the *same* input embeddings (prompt + the attachment's soft
-tokens, through the same chat template) for exactly --tokens new tokens (end-of-turn is not
-allowed to stop either), on the same weights. Prints each side's best time, their ratio
-(target <= 1.05), the time to first token of a warm `ChatModel.generate` (attachment
-loading, embedding, projection and prefill included; target <= 3 s) and the peak RSS.
+Each side runs in its own process, so each peak RSS is its own: ``fp32`` loads the model as
+``anybind chat`` does and times both anybind's decode loop and transformers' ``generate`` on
+the same weights and input embeddings; ``int8`` loads it with ``quantize="int8"`` (what
+``--int8`` does) and times anybind's loop. Both decode greedily for exactly --tokens new
+tokens (end-of-turn may not stop either). Prints tokens/s, the ratios to bare fp32
+``generate`` (targets: fp32 <= 1.05x its time, int8 >= 1.5x its speed), how many of the int8
+tokens match fp32's before the first difference, the warm time to first token (target <= 3 s)
+and the peak RSS (int8 target <= 1.0 GB).
 """
 
 import argparse
+import json
 import resource
+import subprocess
+import sys
 import time
-from pathlib import Path
-
-import torch
-
-import anybind
-from anybind.chat.conversation import encode, input_embeddings
-from anybind.chat.decode import decode_text as decode
-from anybind.chat.events import SamplingOptions
-from anybind.data import read_manifest
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--model", default="runs/chat")
-parser.add_argument("--manifest", default="runs/world")
+parser.add_argument("--model", default="runs/quickstart/chat")
+parser.add_argument("--manifest", default="runs/quickstart/world")
 parser.add_argument("--attach", help="Attachment (default: the first held-out audio clip of the manifest).")
 parser.add_argument("--prompt", default="Which digit is spoken here? Answer in one sentence.")
 parser.add_argument("--tokens", type=int, default=64)
 parser.add_argument("--repeats", type=int, default=3)
+parser.add_argument("--side", choices=["fp32", "int8"], help=argparse.SUPPRESS)  # one side, in a child process
 args = parser.parse_args()
 
-began = time.time()
-model = anybind.load(args.model)
-load_seconds = time.time() - began
-attach = args.attach or read_manifest(args.manifest).select("test", has=("audio",))[0]["audio"]
-print(f"model {args.model} (backbone {model.backbone.reference}) loaded in {load_seconds:.2f}s; "
-      f"attachment {Path(attach).name}; {torch.get_num_threads()} threads, device {model.backbone.device}")
 
-# Time to first token of a warm model: from the call to the first text event.
-list(model.generate(args.prompt, attachments=[attach], max_new_tokens=4))  # warm-up
-first = []
-for _ in range(args.repeats):
-    start = time.time()
-    for event in model.generate(args.prompt, attachments=[attach], max_new_tokens=args.tokens):
-        if event.type == "text":
-            first.append(time.time() - start)
-            break
+def measure(side: str) -> dict:
+    import torch
 
-# Same inputs for both decoders.
-turns = model.conversation(args.prompt, [attach])
-encoded = encode(model.backbone.tokenizer, turns, model.soft_tokens)
-embeds, mask = input_embeddings(model.backbone, [encoded], [model.soft_tokens_for(encoded)], pad_left=True)
-options = SamplingOptions(max_new_tokens=args.tokens)
+    import anybind
+    from anybind.chat.conversation import encode, input_embeddings
+    from anybind.chat.decode import decode_text
+    from anybind.chat.events import SamplingOptions
+    from anybind.data import read_manifest
 
-
-def ours():
-    return torch.stack(list(decode(model.backbone.model, embeds, mask, options, stop_ids=())), dim=1)
-
-
-def bare():
-    out = model.backbone.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=args.tokens,
-                                        min_new_tokens=args.tokens, do_sample=False, eos_token_id=None,
-                                        pad_token_id=model.backbone.tokenizer.pad_token_id)
-    return out[:, -args.tokens:]
-
-
-def best_of(fn):
-    times, result = [], None
+    began = time.time()
+    model = anybind.load(args.model, quantize="int8" if side == "int8" else None)
+    loaded = time.time() - began
+    attach = args.attach or read_manifest(args.manifest).select("test", has=("audio",))[0]["audio"]
+    list(model.generate(args.prompt, attachments=[attach], max_new_tokens=4))  # warm-up
+    first = []
     for _ in range(args.repeats):
         start = time.time()
-        result = fn()
-        times.append(time.time() - start)
-    return min(times), result
+        for event in model.generate(args.prompt, attachments=[attach], max_new_tokens=args.tokens):
+            if event.type == "text":
+                first.append(time.time() - start)
+                break
+    turns = model.conversation(args.prompt, [attach])
+    encoded = encode(model.backbone.tokenizer, turns, model.soft_tokens)
+    embeds, mask = input_embeddings(model.backbone, [encoded], [model.soft_tokens_for(encoded)], pad_left=True)
+    options = SamplingOptions(max_new_tokens=args.tokens)
+
+    def ours():
+        return torch.stack(list(decode_text(model.backbone.model, embeds, mask, options, stop_ids=())), dim=1)
+
+    def bare():
+        out = model.backbone.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=args.tokens,
+                                            min_new_tokens=args.tokens, do_sample=False, eos_token_id=None,
+                                            pad_token_id=model.backbone.tokenizer.pad_token_id)
+        return out[:, -args.tokens:]
+
+    def best_of(fn):
+        times, result = [], None
+        for _ in range(args.repeats):
+            start = time.time()
+            result = fn()
+            times.append(time.time() - start)
+        return min(times), result
+
+    result = {"side": side, "load_s": loaded, "prompt_tokens": len(encoded.ids), "soft": model.soft_tokens,
+              "threads": torch.get_num_threads(), "first_token_s": [min(first), max(first)]}
+    with torch.inference_mode():
+        ours()
+        result["ours_s"], tokens = best_of(ours)
+        result["tokens"] = tokens[0].tolist()
+        if side == "fp32":
+            bare()
+            result["bare_s"], bare_tokens = best_of(bare)
+            result["same_as_bare"] = torch.equal(tokens, bare_tokens)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
 
 
-with torch.inference_mode():
-    ours(), bare()  # warm both paths
-    t_bare, tokens_bare = best_of(bare)
-    t_ours, tokens_ours = best_of(ours)
-same = torch.equal(tokens_ours, tokens_bare)
-peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(f"prompt {len(encoded.ids)} tokens ({model.soft_tokens} soft), {args.tokens} new tokens, best of {args.repeats}")
-print(f"  transformers generate: {t_bare:.3f}s  ({args.tokens / t_bare:.1f} tok/s)")
-print(f"  anybind decode loop:   {t_ours:.3f}s  ({args.tokens / t_ours:.1f} tok/s)  same tokens: {same}")
-print(f"  ratio anybind/transformers: {t_ours / t_bare:.3f} (target <= 1.05)")
-print(f"time to first token, warm: {min(first):.3f}s best, {max(first):.3f}s worst (target <= 3 s)")
-print(f"peak RSS: {peak_mib:.0f} MiB")
+if args.side:
+    print(json.dumps(measure(args.side)))
+    sys.exit(0)
+
+sides = {}
+for side in ("fp32", "int8"):
+    proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--side", side], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"the {side} side failed:\n{proc.stderr[-3000:]}")
+    sides[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+fp32, int8 = sides["fp32"], sides["int8"]
+n = args.tokens
+agree = next((i for i, (a, b) in enumerate(zip(fp32["tokens"], int8["tokens"])) if a != b), n)
+print(f"model {args.model}; prompt {fp32['prompt_tokens']} tokens ({fp32['soft']} soft), {n} new tokens, "
+      f"best of {args.repeats}, {fp32['threads']} threads")
+print(f"  transformers generate, fp32: {fp32['bare_s']:.3f}s ({n / fp32['bare_s']:.1f} tok/s)")
+print(f"  anybind, fp32:               {fp32['ours_s']:.3f}s ({n / fp32['ours_s']:.1f} tok/s)  "
+      f"same tokens as generate: {fp32['same_as_bare']}  time ratio {fp32['ours_s'] / fp32['bare_s']:.3f} (target <= 1.05)")
+print(f"  anybind, int8:               {int8['ours_s']:.3f}s ({n / int8['ours_s']:.1f} tok/s)  "
+      f"speed-up over generate fp32 {fp32['bare_s'] / int8['ours_s']:.2f}x (target >= 1.5x); "
+      f"first {agree} of {n} tokens as fp32")
+for side in (fp32, int8):
+    print(f"  {side['side']}: loaded in {side['load_s']:.1f}s, first token warm {side['first_token_s'][0]:.3f}-"
+          f"{side['first_token_s'][1]:.3f}s (target <= 3 s), peak RSS {side['peak_rss_mib']:.0f} MiB"
+          + (" (target <= 1024)" if side["side"] == "int8" else ""))

@@ -200,3 +200,27 @@ def test_bad_backbones_and_attachments_fail_clearly(tmp_path, world, bound, chat
     assert proc.returncode == 1 and "broken.png" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("chat", "hi", "--model", str(bound))
     assert proc.returncode == 1 and "not an anybind chat model" in proc.stderr
+
+
+def test_int8_decoding_loads_decodes_and_answers_like_fp32(chat_dir, world):
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+
+    fp32, int8 = ChatModel.from_pretrained(chat_dir), ChatModel.from_pretrained(chat_dir, quantize="int8")
+    assert int8.backbone.quantization == "int8" and fp32.backbone.quantization is None
+    layers = [m for m in int8.backbone.model.modules() if isinstance(m, Int8Linear)]
+    assert len(layers) == 2 * 6 + 1  # q, k, v, o, gate, up in each of 2 layers (down stays fp32), and the head
+    audio = read_manifest(world).select("test", has=("audio",))[0]["audio"]
+    logits = []
+    for model in (fp32, int8):
+        encoded = encode(model.backbone.tokenizer, model.conversation("Which digit is spoken here?", [audio]), 4)
+        embeds, mask = input_embeddings(model.backbone, [encoded], [model.soft_tokens_for(encoded)], pad_left=True)
+        logits.append(model.backbone.model(inputs_embeds=embeds, attention_mask=mask).logits[0, -1])
+    assert torch.nn.functional.cosine_similarity(logits[0], logits[1], dim=0) > 0.99
+    assert logits[0].argmax() == logits[1].argmax()
+    events = list(int8.generate("Which digit is spoken here?", attachments=[audio], max_new_tokens=8))
+    assert events[-1].type == "done" and events[-1].tokens > 0
+    proc = run_cli("chat", "Which digit is spoken here?", "--attach", audio, "--model", str(chat_dir), "--int8",
+                   "--max-tokens", "8")
+    assert proc.returncode == 0, proc.stderr
+    with pytest.raises(CheckpointError, match="unknown quantization"):
+        ChatModel.from_pretrained(chat_dir, quantize="int3")

@@ -50,6 +50,7 @@ class ChatModel:
         self.system_prompt = system_prompt
         self.bound_dir = bound_dir
         self._bound_index = read_config(bound_dir) if bound_dir is not None else None  # read once
+        self.bound.source = bound_dir if bound_dir is not None else self.bound.source
         self._decoder_references = dict(decoders or {})
         self._decoders: dict[str, object] = {}
         self._boundaries = None
@@ -60,12 +61,13 @@ class ChatModel:
 
     @classmethod
     def from_pretrained(cls, path: Path | str, backbone: Backbone | None = None, decoder: str | None = None,
-                        instruct: bool = True) -> "ChatModel":
+                        instruct: bool = True, quantize: str | None = None) -> "ChatModel":
         """Load a chat model directory; ``decoder`` overrides the decoder of the output it makes.
 
         If the instruct stage ran, its LoRA adapter is merged into the backbone (a ``backbone``
         passed in is changed in place) and its projectors and outputs are used;
-        ``instruct=False`` loads what align-in and align-out trained instead."""
+        ``instruct=False`` loads what align-in and align-out trained instead. ``quantize="int8"``
+        then stores the LM's linear layers as int8 for faster CPU decoding (inference only)."""
         chat = ChatDir(path)
         config = chat.config()
         bound_dir = chat.bound_dir(config)
@@ -78,6 +80,10 @@ class ChatModel:
         backbone = backbone or load_backbone(config["backbone"])
         if tuned:
             apply_adapter(backbone, chat.adapter)
+        if quantize:
+            from anybind.models.quantize import quantize_backbone
+
+            quantize_backbone(backbone, quantize)
         outputs = {m: GenerativeOutput.from_pretrained(chat.output(m, tuned)) for m in chat.outputs(config)}
         for where, module in [*(("projectors/" + n, p) for n, p in projectors.items()),
                               *((chat.output(m).name, o) for m, o in outputs.items())]:
@@ -124,6 +130,10 @@ class ChatModel:
     def embed_raw(self, modality: str, raws, batch_size: int = 64) -> torch.Tensor:
         self._ensure([modality])
         return self.bound.embed_raw(modality, raws, batch_size)
+
+    def embed_files(self, modality: str, paths, raws, batch_size: int = 64) -> torch.Tensor:
+        self._ensure([modality])
+        return self.bound.embed_files(modality, paths, raws, batch_size)
 
     def embed_resolved(self, resolved, batch_size: int = 64) -> torch.Tensor:
         self._ensure([m for m, _ in resolved])

@@ -44,3 +44,9 @@ def cli():
       anybind install audio      add a modality
       anybind embed "a handwritten seven"
     """
+
+
+#: ``--int8``: decode with int8 weights (CPU); shared by every command that loads a chat model
+int8_option = click.option("--int8", "quantize", flag_value="int8", default=None,
+                           help="Decode with the LM's linear layers in int8 (CPU only; faster, less memory; "
+                                "bench/RESULTS.md has its accuracy).")

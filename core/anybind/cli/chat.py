@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from anybind import plugins
+from anybind.cli.app import int8_option
 from anybind.errors import AnybindError, InputError
 from anybind.layout import DEFAULT_RUN
 
@@ -120,8 +121,9 @@ def _structured():
 @click.option("--image-steps", type=click.IntRange(1, 1000), help="Sampling steps per image (default: the decoder's).")
 @click.option("--max-images", type=click.IntRange(0), default=4, show_default=True, help="At most this many images per answer.")
 @click.option("--stats", is_flag=True, help="Print token counts and timings to stderr.")
+@int8_option
 def chat(prompt, attachments, model_dir, max_tokens, temperature, top_p, seed, projector, output_format, output,
-         images_dir, decoder, no_images, image_steps, max_images, stats):
+         images_dir, decoder, no_images, image_steps, max_images, stats, quantize):
     """Chat about files of any installed modality; a model trained with align-out also draws.
 
     \b
@@ -129,7 +131,6 @@ def chat(prompt, attachments, model_dir, max_tokens, temperature, top_p, seed, p
     anybind chat "Write one sentence about the number four, then draw it" --format html -o four.html
     anybind chat                          (interactive; /attach FILE, /reset, /quit)
     """
-    import anybind
     from anybind.chat import ChatModel, ChatSession
     from anybind.chat.events import SamplingOptions
     from anybind.chat.render import make_renderer
@@ -141,7 +142,7 @@ def chat(prompt, attachments, model_dir, max_tokens, temperature, top_p, seed, p
     target = check_writable(output) if output else None
     folder = _images_folder(images_dir, target, needed=output_format != "html")
     ChatDir(model_dir).config()
-    model = ChatModel.from_pretrained(model_dir, decoder=decoder) if decoder else anybind.load(model_dir)
+    model = ChatModel.from_pretrained(model_dir, decoder=decoder, quantize=quantize)
     if decoder and model.outputs and not no_images:
         model.decoder()  # load and check it now: a mismatch is an error before any text is written
     session = ChatSession(model, SamplingOptions(max_tokens, temperature, top_p, seed), projector=projector,

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from anybind.cli.app import cli
+from anybind.cli.app import cli, int8_option
 from anybind.cli.train_commands import DEFAULT_BIND, DEFAULT_CHAT, DEFAULT_DECODER, DEFAULT_WORLD
 from anybind.layout import DEFAULT_RUN
 from anybind.specs import BINDING_MODALITY
@@ -74,15 +74,17 @@ def eval_bind_command(model_dir, manifest, suite, modalities, prompt, as_json):
 @suite_options
 @click.option("--modality", "modalities", multiple=True)
 @click.option("--limit", type=int, default=100, show_default=True, help="Held-out attachments per modality.")
+@int8_option
 @click.option("--json", "as_json", is_flag=True)
-def eval_chat_command(model_dir, manifest, suite, modalities, limit, as_json):
+def eval_chat_command(model_dir, manifest, suite, modalities, limit, quantize, as_json):
     """Ask which label each held-out attachment shows or says; accuracy per modality."""
     import anybind
     from anybind.layout import ChatDir
     from anybind.eval import evaluate_chat
 
     ChatDir(model_dir).config()  # a clear error before loading anything heavy
-    results = evaluate_chat(anybind.load(model_dir), _suite(manifest, suite), list(modalities) or None, limit=limit)
+    results = evaluate_chat(anybind.load(model_dir, quantize=quantize), _suite(manifest, suite), list(modalities) or None,
+                            limit=limit)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return

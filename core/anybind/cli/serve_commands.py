@@ -7,7 +7,7 @@ import time
 
 import click
 
-from anybind.cli.app import cli
+from anybind.cli.app import cli, int8_option
 from anybind.layout import DEFAULT_RUN
 
 
@@ -38,8 +38,9 @@ def is_loopback(host: str) -> bool:
               help="Answer length when a request gives none.")
 @click.option("--max-images", type=click.IntRange(0), default=4, show_default=True, help="At most this many outputs per answer.")
 @click.option("--image-steps", type=click.IntRange(1, 1000), help="Sampling steps per image (default: the decoder's).")
+@int8_option
 def serve(model_dir, bind_dir, index_dir, decoder, host, port, api_key, max_upload_mb, max_tokens, max_images,
-          image_steps):
+          image_steps, quantize):
     """Serve a chat model: a chat page at / and an OpenAI-compatible API under /v1.
 
     \b
@@ -60,7 +61,7 @@ def serve(model_dir, bind_dir, index_dir, decoder, host, port, api_key, max_uplo
     settings = ServeSettings(Path(model_dir), bind=Path(bind_dir) if bind_dir else None,
                              index=Path(index_dir) if index_dir else None, decoder=decoder, api_key=api_key,
                              max_upload_bytes=int(max_upload_mb * 2**20), max_tokens=max_tokens,
-                             max_images=max_images, image_steps=image_steps)
+                             max_images=max_images, image_steps=image_steps, quantize=quantize)
     model_host = ModelHost.load(settings)
     app = create_app(model_host)
     shown = "localhost" if host in ("127.0.0.1", "::1") else host

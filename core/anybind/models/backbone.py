@@ -55,6 +55,7 @@ class Backbone:
     reference: str
     model: Any  # transformers PreTrainedModel with a causal-LM head
     tokenizer: Any
+    quantization: str | None = None  # "int8" once quantized for CPU decoding (anybind.models.quantize)
 
     @property
     def hidden_size(self) -> int:

@@ -28,6 +28,7 @@ class ServeSettings:
     max_tokens: int = 256  # when a request gives none
     max_images: int = 4
     image_steps: int | None = None
+    quantize: str | None = None  # "int8": decode with int8 weights on the CPU
 
 
 @dataclass
@@ -79,11 +80,13 @@ class ModelHost:
         from anybind.chat import ChatModel
         from anybind.errors import CheckpointError
 
-        chat = ChatModel.from_pretrained(settings.model, decoder=settings.decoder) if settings.decoder \
-            else anybind.load(settings.model)
-        if not isinstance(chat, ChatModel):
-            raise CheckpointError(f"{settings.model}: a bound model, not a chat model; serve a chat model "
-                                  f"(anybind train align-in) and pass this one as --bind")
+        from anybind.layout import CHAT_FORMAT
+        from anybind.persistence import read_config
+
+        if read_config(settings.model).get("format") != CHAT_FORMAT:
+            raise CheckpointError(f"{settings.model}: not a chat model; serve a chat model (anybind train align-in) "
+                                  "and pass a bound model as --bind")
+        chat = ChatModel.from_pretrained(settings.model, decoder=settings.decoder, quantize=settings.quantize)
         same = settings.bind is None or Path(settings.bind).resolve() == Path(chat.bound_dir).resolve()
         embedder = chat if same else anybind.load(settings.bind)
         index = None
