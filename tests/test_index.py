@@ -10,7 +10,7 @@ import pytest
 import anybind
 from anybind.data import read_manifest
 from anybind.errors import AnybindError
-from anybind.index import Index, StaleIndex, add_to_index, build_index, make_faiss_index
+from anybind.index import Index, StaleIndex, add_to_index, build_index, make_faiss_index, model_fingerprint
 from anybind.retrieval import retrieve
 from conftest import run_cli
 
@@ -125,3 +125,11 @@ def test_every_kind_finds_the_exact_neighbours_of_a_small_set(kind):
     _, ids = index.search(queries, 1)
     assert (ids[:, 0] == np.arange(50)).mean() >= (1.0 if kind == "flat" else 0.9)
     assert make_faiss_index(vectors[:10])[1] == "flat"
+
+
+def test_the_fingerprint_covers_every_tower_without_loading_them(small_bound):
+    """A query loads only its own tower, yet is checked against the whole model the index was built with."""
+    text_only = anybind.load(small_bound, modalities=["text"])
+    assert list(text_only.towers) == ["text"]
+    assert model_fingerprint(text_only) == model_fingerprint(anybind.load(small_bound))
+    assert model_fingerprint(anybind.load(small_bound)) != model_fingerprint(anybind.AnybindModel(dict(text_only.towers)))

@@ -13,8 +13,8 @@ Search is by inner product (cosine: the vectors are normalised). Below ``FLAT_BE
 the index is exact (``flat``); above it HNSW, which answers in milliseconds at a million
 vectors with recall@10 near 1 (``bench/retrieve_speed.py``). ``kind`` overrides the choice.
 
-The model's fingerprint is a hash of its towers' weights: an index searched with another
-model than it was built with is reported as stale, never silently wrong.
+The model's fingerprint is a hash of its towers' files: an index searched with another model
+than it was built with is reported as stale, never silently wrong.
 """
 
 from __future__ import annotations
@@ -41,12 +41,31 @@ class StaleIndex(AnybindError):
 
 
 def model_fingerprint(model) -> str:
-    """A hash of every tower's weights: it changes whenever the model does."""
+    """A hash of every tower's weights: it changes whenever the model does.
+
+    A model loaded from a directory is hashed from its towers' files (config and safetensors),
+    every tower the directory holds whether loaded or not, so a query loads only its own tower;
+    a model that was never saved, from its weights in memory."""
+    folder = getattr(model, "source", None) or getattr(model, "bound_dir", None)
+    if folder is not None:
+        return _files_fingerprint(Path(folder))
     digest = hashlib.sha256()
     for modality in sorted(model.towers):
         for name, tensor in sorted(model.towers[modality].state_dict().items()):
             digest.update(f"{modality}.{name}".encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _files_fingerprint(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for modality in sorted(read_json(folder / "config.json").get("modalities", [])):
+        for file in sorted((folder / modality).glob("*")):
+            if file.name == "config.json" or file.suffix == ".safetensors":
+                digest.update(f"{modality}/{file.name}".encode())
+                with open(file, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 22), b""):
+                        digest.update(block)
     return digest.hexdigest()[:16]
 
 

@@ -58,6 +58,15 @@ class ModalityEncoder(PretrainedMixin, nn.Module):
     def width(self) -> int:
         return int(self.config.width)
 
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        """What a tower saves of this encoder: everything, or nothing of a frozen pretrained trunk."""
+        return {} if self.frozen else self.state_dict()
+
+    def restores(self, key: str) -> bool:
+        """Whether a state key missing from a saved tower is rebuilt by the encoder itself (from
+        the pretrained weights it loads), rather than a sign of a mismatched checkpoint."""
+        return self.frozen
+
     def preprocess(self, raw: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 

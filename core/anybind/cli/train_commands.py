@@ -83,17 +83,54 @@ def train():
               help="A manifest row whose file is unusable: report and skip it, or stop.")
 @click.option("--retrain", is_flag=True, help="Train modalities again even if already trained.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_bind_command(manifest, out, modalities, steps, batch_size, lr, embed_dim, save_every, on_bad_row, retrain, seed):
-    """Bind modalities into one space: image against text, every other modality against images."""
-    from anybind.training.bind import train_bind
+@click.option("--trunk", "trunks", multiple=True, metavar="MODALITY=REF",
+              help="Start MODALITY's trunk from a checkpoint: hf:PATH (a local transformers directory) or "
+                   "timm:NAME@FILE (repeatable).")
+@click.option("--train-trunk", "train_trunks", multiple=True, metavar="MODALITY=MODE",
+              help="How much of a pretrained trunk trains: frozen, last:N, lora[:R] or full (default full; repeatable).")
+@click.option("--space", metavar="hf:PATH", help="Bind to a frozen pretrained image-text space (a CLIP directory): "
+              "its image and text towers are used as they are.")
+@click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
+              help="Keep a frozen trunk's outputs per file (BOUND/.features/), computed once.")
+def train_bind_command(manifest, out, modalities, steps, batch_size, lr, embed_dim, save_every, on_bad_row, retrain, seed,
+                       trunks, train_trunks, space, feature_cache):
+    """Bind modalities into one space: image against text, every other modality against images.
 
+    \b
+    anybind train bind --trunk image=hf:/models/dinov2-small --train-trunk image=frozen
+    anybind train bind --space hf:/models/clip-vit-base-patch32      (ImageBind's recipe)
+    """
+    from anybind.training.bind import train_bind
+    from anybind.trunks import TrunkMode, TrunkReference
+
+    if space is not None:
+        if TrunkReference.parse(space).scheme != "hf":
+            raise click.BadParameter("expected hf:PATH (a CLIP directory)", param_hint="--space")
+        clash = [m for m in _pairs(trunks, "--trunk") if m in ("image", "text")]
+        if clash:
+            raise click.UsageError(f"--space gives the image and text towers; leave out --trunk {clash[0]}=...")
     settings = BindSettings(embed_dim=embed_dim, steps=steps, batch_size=batch_size, lr=lr, save_every=save_every,
-                            seed=seed, on_bad_row=on_bad_row)
+                            seed=seed, on_bad_row=on_bad_row, space=space, feature_cache=feature_cache,
+                            trunks={m: str(TrunkReference.parse(v)) for m, v in _pairs(trunks, "--trunk").items()},
+                            train_trunks={m: str(TrunkMode.parse(v)) for m, v in _pairs(train_trunks, "--train-trunk").items()})
     results = train_bind(manifest, out, list(modalities) or None, settings, retrain=retrain)
     for r in results:
         click.echo(f"bound {r['modality']}: {r['rows']} rows in {r['seconds']:.1f}s")
     only = "".join(f" --modality {m}" for m in modalities)
     click.echo(f"Model: {out}  (next: anybind eval bind --model {out} --manifest {manifest}{only})")
+
+
+def _pairs(values, option: str) -> dict[str, str]:
+    """``("image=hf:/x", ...)`` -> ``{"image": "hf:/x"}``; each modality at most once."""
+    pairs = {}
+    for value in values:
+        modality, sep, rest = value.partition("=")
+        if not sep or not modality or not rest:
+            raise click.BadParameter(f"{value!r}: expected MODALITY=VALUE", param_hint=option)
+        if modality in pairs:
+            raise click.BadParameter(f"{modality} given twice", param_hint=option)
+        pairs[modality] = rest
+    return pairs
 
 
 @train.command(name="align-in")

@@ -56,7 +56,7 @@ def retrieve(query, query_option, index_dir, corpus, model_dir, top_k, modalitie
 
         resolved = resolve_input(query)  # a bad query file fails before anything loads
         index = Index.load(index_dir)
-        model = anybind.load(model_dir)
+        model = anybind.load(model_dir, modalities=[resolved[0]])  # only the query's tower
         index.check_model(model)
         found = index.search(model.embed_resolved([resolved])[0].numpy(), top_k, modalities)
     else:
@@ -66,6 +66,31 @@ def retrieve(query, query_option, index_dir, corpus, model_dir, top_k, modalitie
             click.echo(json.dumps({"path": path, "modality": modality, "score": round(score, 5)}))
         else:
             click.echo(f"{score:+.3f}  {modality:<10}  {path}")
+
+
+@cli.group()
+def export():
+    """Write parts of a model in other formats."""
+
+
+@export.command(name="trunk")
+@click.argument("bound", type=click.Path(exists=True, file_okay=False))
+@click.option("--modality", required=True, help="The tower whose trunk to write.")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="A new transformers checkpoint directory.")
+def export_trunk_command(bound, modality, out):
+    """Write a tower's trunk (one that started from --trunk MODALITY=hf:PATH) as a transformers
+    checkpoint: then --trunk MODALITY=hf:OUT starts a new binding from what this one trained."""
+    from pathlib import Path
+
+    from anybind.errors import AnybindError
+    from anybind.models.space import Tower
+    from anybind.models.trunk_modes import export_trunk
+
+    if Path(out).exists() and any(Path(out).iterdir()):
+        raise AnybindError(f"{out}: exists and is not empty; give a new directory")
+    tower = Tower.from_pretrained(Path(bound) / modality)
+    export_trunk(tower.encoder, out)
+    click.echo(f"wrote {out} (use it as: --trunk {modality}=hf:{out})")
 
 
 @cli.command()

@@ -49,7 +49,8 @@ class Tower(nn.Module):
         self.head = nn.Linear(encoder.width, embed_dim) if embed_dim else nn.Identity()
 
     def forward(self, **batch: torch.Tensor) -> torch.Tensor:
-        pooled = self.encoder(**batch).pooled()  # (B, W)
+        # ``pooled``: the trunk's pooled outputs, given (a frozen trunk's, from a feature cache)
+        pooled = batch["pooled"] if "pooled" in batch else self.encoder(**batch).pooled()  # (B, W)
         return F.normalize(self.head(pooled), dim=-1)  # (B, D)
 
     @classmethod
@@ -60,6 +61,21 @@ class Tower(nn.Module):
         merged = {**dict(spec.config), **(config or {})}
         encoder_config = config_from_dict(encoder_cls.Config, merged, source=f"{modality} encoder config")
         return cls(modality, encoder_cls(encoder_config), embed_dim)
+
+    @torch.no_grad()
+    def embed_files(self, paths: Sequence[str], samples: Sequence[dict[str, torch.Tensor]], cache_root: Path | None,
+                    batch_size: int = 64) -> torch.Tensor:
+        """Like :meth:`embed_samples`, for samples read from ``paths``: a frozen pretrained trunk's
+        outputs come from (and go to) the feature cache under ``cache_root``, if given."""
+        if cache_root is None or not (self.encoder.frozen and getattr(self.encoder.config, "trunk", "")):
+            return self.embed_samples(samples, batch_size)
+        from anybind.models.feature_cache import FeatureCache
+
+        self.eval()
+        device = next(self.parameters()).device
+        pooled = FeatureCache(cache_root, self.encoder).pooled(paths, samples, batch_size, device=device)
+        return torch.cat([self(pooled=pooled[i : i + batch_size].to(device)).float().cpu()
+                          for i in range(0, len(pooled), batch_size)]) if len(pooled) else torch.empty(0, self.embed_dim)
 
     @torch.no_grad()
     def embed_samples(self, samples: Sequence[dict[str, torch.Tensor]], batch_size: int = 64) -> torch.Tensor:
@@ -74,8 +90,7 @@ class Tower(nn.Module):
 
     def save_pretrained(self, path: Path | str) -> Path:
         state = {f"head.{k}": v for k, v in self.head.state_dict().items()}
-        if not self.encoder.frozen:
-            state.update({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()})
+        state.update({f"encoder.{k}": v for k, v in self.encoder.saved_state().items()})
         config = {
             "format": "anybind.tower",
             "modality": self.modality,
@@ -92,7 +107,7 @@ class Tower(nn.Module):
             raise CheckpointError(f"{path}: not an anybind tower directory (config.json has no format 'anybind.tower')")
         tower = cls.create(config["modality"], config.get("embed_dim"), config.get("encoder"))
         missing, unexpected = tower.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not (tower.encoder.frozen and k.startswith("encoder."))]
+        missing = [k for k in missing if not (k.startswith("encoder.") and tower.encoder.restores(k[len("encoder."):]))]
         if missing or unexpected:
             raise CheckpointError(
                 f"{path}: weights do not fit the installed {config['modality']} plugin "
@@ -134,6 +149,8 @@ class AnybindModel(nn.Module):
         self.towers = nn.ModuleDict(towers)
         #: towers on disk whose plugin is not installed: {modality: what to install}
         self.unavailable: dict[str, str] = {}
+        #: the directory it was loaded from, if any (what an index's fingerprint hashes)
+        self.source: Path | None = None
 
     @property
     def embed_dim(self) -> int:
@@ -162,6 +179,13 @@ class AnybindModel(nn.Module):
         """Embed already-loaded raw samples of one modality: (N, D)."""
         tower = self.tower(modality)
         return tower.embed_samples([tower.encoder.preprocess(raw) for raw in raws], batch_size)
+
+    def embed_files(self, modality: str, paths: Sequence[str], raws: Sequence[object], batch_size: int = 64) -> torch.Tensor:
+        """Embed files already read (``raws``, from ``paths``), through the feature cache beside
+        the model's directory where a tower's trunk is frozen and pretrained."""
+        tower = self.tower(modality)
+        samples = [tower.encoder.preprocess(raw) for raw in raws]
+        return tower.embed_files(paths, samples, self.source / ".features" if self.source else None, batch_size)
 
     def embed(self, inputs: Iterable[str | Path], batch_size: int = 64) -> torch.Tensor:
         """Embed files (any installed modality, chosen by suffix) and texts: (N, D), L2-normalised.
@@ -207,6 +231,7 @@ class AnybindModel(nn.Module):
             towers[name] = Tower.from_pretrained(path / name)
         model = cls(towers)
         model.unavailable = unavailable
+        model.source = path
         return model
 
 
@@ -245,4 +270,6 @@ def embed_rows(model, rows: list[dict], modality: str, skip_bad: bool = True):
         except (InputError, FileNotFoundError):
             if not skip_bad:
                 raise
-    return kept, model.embed_raw(modality, raws) if raws else torch.empty(0, model.embed_dim)
+    if not raws:
+        return kept, torch.empty(0, model.embed_dim)
+    return kept, model.embed_files(modality, [r[modality] for r in kept], raws)

@@ -115,7 +115,8 @@ def _embedded_rows(manifest: Manifest, bound: Path, modality: str, settings: Ali
     bad_log = MetricsLog(chat.bad_rows, enabled=stage.is_main)
     rows, samples = load_samples(manifest, rows, modality, tower.encoder, settings, stage.accelerator, bad_log)
     tower.to(stage.accelerator.device)
-    return rows, tower.embed_samples(samples, batch_size=256)  # (N, D), frozen: computed once
+    # (N, D), frozen: computed once (a frozen pretrained trunk's outputs from bind's feature cache)
+    return rows, tower.embed_files([r[modality] for r in rows], samples, bound / ".features", batch_size=256)
 
 
 def _train(stage: Stage, manifest: Manifest, rows, embeddings, backbone: str, modality: str,

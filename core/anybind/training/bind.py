@@ -12,6 +12,7 @@ directory is locked while a run writes it (:mod:`anybind.training.stage`).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from anybind import plugins
 from anybind.data.manifest import Manifest, read_manifest
 from anybind.errors import AnybindError, InputError
 from anybind.specs import BINDING_MODALITY
+from anybind.models.feature_cache import FeatureCache
 from anybind.models.losses import BindLoss
 from anybind.models.space import Tower, update_bound_index
 from anybind.persistence import CONFIG_NAME, read_config
@@ -95,22 +97,80 @@ def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def tower_config(modality: str, settings: BindSettings) -> dict:
+    """The encoder settings a new tower of ``modality`` starts from: its pretrained trunk, if one was given."""
+    trunk, mode = settings.trunks.get(modality), settings.train_trunks.get(modality)
+    if trunk is None:
+        if mode is not None:
+            raise AnybindError(f"--train-trunk {modality}={mode} needs a pretrained trunk: --trunk {modality}=REF")
+        return {}
+    fields = {f.name for f in dataclasses.fields(plugins.get_modality(modality).encoder_class().Config)}
+    if "trunk" not in fields:
+        raise AnybindError(f"the {modality} plugin ({plugins.modality_owner(modality)}) cannot start its tower "
+                           "from a pretrained trunk")
+    config = {"trunk": trunk}
+    if mode is not None:
+        if "train_trunk" not in fields:
+            raise AnybindError(f"the {modality} trunk is always frozen (only its head trains); leave out --train-trunk")
+        config["train_trunk"] = mode
+    return config
+
+
+def _batches(tower: Tower, modality: str, rows: list[dict], samples: list, out: Path, settings: BindSettings,
+             accelerator):
+    """How a step gets its batch: a frozen pretrained trunk's pooled outputs, computed once per file
+    (:class:`FeatureCache`), else the samples collated and augmented."""
+    encoder = tower.encoder
+    if encoder.frozen and getattr(encoder.config, "trunk", "") and settings.feature_cache:
+        cache = FeatureCache(out / ".features", encoder, write=accelerator.is_main_process)
+        tower.to(accelerator.device)
+        features = cache.pooled([r[modality] for r in rows], samples, device=accelerator.device,
+                                progress=settings.progress and accelerator.is_main_process)
+        say(accelerator, f"{modality}: the frozen trunk's outputs: {cache.hits} from the feature cache, "
+                         f"{cache.misses} computed ({cache.folder})")
+        return lambda indices: {"pooled": features[indices].to(accelerator.device)}
+    return lambda indices: _to(encoder.augment(encoder.collate([samples[i] for i in indices])), accelerator.device)
+
+
+def adopt_space(out: Path, settings: BindSettings, accelerator) -> dict:
+    """ImageBind's recipe: a pretrained image-text space (a CLIP directory) is the space. Its image
+    and text towers arrive aligned and stay frozen; nothing trains here, and every other
+    modality then binds to its image tower."""
+    image_tower = Tower.create(BINDING_MODALITY, None, {"trunk": settings.space, "train_trunk": "frozen", "projection": True})
+    text_tower = Tower.create("text", None, {"trunk": settings.space, "projection": True})
+    if image_tower.embed_dim != text_tower.embed_dim:
+        raise AnybindError(f"{settings.space}: its image ({image_tower.embed_dim}-d) and text ({text_tower.embed_dim}-d) "
+                           "embeddings are not one space")
+    say(accelerator, f"bind image↔text: the frozen {image_tower.embed_dim}-d space of {settings.space}")
+    run = _stage(out, BINDING_MODALITY, accelerator)
+
+    def save():
+        text_tower.save_pretrained(out / "text")
+        image_tower.save_pretrained(out / BINDING_MODALITY)
+
+    _finish(run, out, save, {"space": settings.space}, 0.0, 0, trained=("text", BINDING_MODALITY),
+            embed_dim=image_tower.embed_dim)
+    return {"modality": BINDING_MODALITY, "seconds": 0.0, "rows": 0}
+
+
 def bind_image_text(manifest: Manifest, out: Path, settings: BindSettings, accelerator, bad_log) -> dict:
+    if settings.space:
+        return adopt_space(out, settings, accelerator)
     hp = _train_settings(BINDING_MODALITY, settings)
     rows = manifest.select("train", has=(BINDING_MODALITY, "text"))
     if not rows:
         raise InputError(manifest.path, "no training rows with both 'image' and 'text' to bind image to text")
-    image_tower = Tower.create(BINDING_MODALITY, settings.embed_dim)
-    text_tower = Tower.create("text", settings.embed_dim)
+    image_tower = Tower.create(BINDING_MODALITY, settings.embed_dim, tower_config(BINDING_MODALITY, settings))
+    text_tower = Tower.create("text", settings.embed_dim, tower_config("text", settings))
     rows, samples = load_samples(manifest, rows, BINDING_MODALITY, image_tower.encoder, settings, accelerator, bad_log)
     say(accelerator, f"bind image↔text: {len(rows)} pairs, {hp['steps']} steps, batch {hp['batch_size']}")
     text_features = _frozen_text_features(text_tower, [r["text"] for r in rows])
     groups = _labels_to_groups(rows, manifest.labels)
     stage = _Stage(image_tower, BindLoss(), text_head=text_tower.head)
-    encoder = image_tower.encoder
+    batch_of = _batches(image_tower, BINDING_MODALITY, rows, samples, out, settings, accelerator)
 
     def step_fn(model, indices):
-        batch = _to(encoder.augment(encoder.collate([samples[i] for i in indices])), accelerator.device)
+        batch = batch_of(indices)
         g = groups[indices].to(accelerator.device) if groups is not None else None
         return model(batch, text_features[indices].to(accelerator.device), g)
 
@@ -121,7 +181,7 @@ def bind_image_text(manifest: Manifest, out: Path, settings: BindSettings, accel
         text_tower.save_pretrained(out / "text")
         image_tower.save_pretrained(out / BINDING_MODALITY)
 
-    _finish(run, out, save, hp, seconds, len(rows), trained=("text", BINDING_MODALITY))
+    _finish(run, out, save, hp, seconds, len(rows), trained=("text", BINDING_MODALITY), embed_dim=image_tower.embed_dim)
     return {"modality": BINDING_MODALITY, "seconds": seconds, "rows": len(rows)}
 
 
@@ -133,8 +193,9 @@ def bind_to_images(modality: str, manifest: Manifest, out: Path, settings: BindS
     x_rows = [r for r in manifest.select("train", has=(modality,)) if BINDING_MODALITY in r or "label" in r]
     if not x_rows:
         raise InputError(manifest.path, f"no training rows pair {modality} with an image or a label")
-    tower = Tower.create(modality, settings.embed_dim)
-    if hp.get("init_from"):
+    space_dim = int(read_config(out)["embed_dim"])  # the space the image tower made (its own, or --space's)
+    tower = Tower.create(modality, space_dim, tower_config(modality, settings))
+    if hp.get("init_from") and not getattr(tower.encoder.config, "trunk", ""):
         source = Tower.from_pretrained(out / hp["init_from"]) if hp["init_from"] != BINDING_MODALITY else image_tower
         tower.encoder.init_from(source.encoder)
     x_rows, samples = load_samples(manifest, x_rows, modality, tower.encoder, settings, accelerator, bad_log)
@@ -155,26 +216,28 @@ def bind_to_images(modality: str, manifest: Manifest, out: Path, settings: BindS
     image_tower.to(accelerator.device)
     say(accelerator, f"bind {modality}↔image: {len(x_rows)} rows, {hp['steps']} steps, batch {hp['batch_size']} (never sees text)")
     stage = _Stage(tower, BindLoss())
-    encoder = tower.encoder
+    batch_of = _batches(tower, modality, x_rows, samples, out, settings, accelerator)
     pick = random.Random(settings.seed + 1 + accelerator.process_index)
 
     def step_fn(model, indices):
-        batch = _to(encoder.augment(encoder.collate([samples[i] for i in indices])), accelerator.device)
+        batch = batch_of(indices)
         target_rows = [own_image[i] if own_image[i] is not None else pick.choice(by_label[x_rows[i]["label"]]) for i in indices]
         g = groups[indices].to(accelerator.device) if groups is not None else None
         return model(batch, image_emb[target_rows].to(accelerator.device), g)
 
     run = _stage(out, modality, accelerator)
     seconds = _loop(run, stage, len(x_rows), step_fn, hp, settings, rngs={"targets": pick})
-    _finish(run, out, lambda: tower.save_pretrained(out / modality), hp, seconds, len(x_rows), trained=(modality,))
+    _finish(run, out, lambda: tower.save_pretrained(out / modality), hp, seconds, len(x_rows), trained=(modality,),
+            embed_dim=tower.embed_dim)
     return {"modality": modality, "seconds": seconds, "rows": len(x_rows)}
 
 
-def _finish(run: Stage, out: Path, save, hp: dict, seconds: float, rows: int, trained: tuple[str, ...]) -> None:
+def _finish(run: Stage, out: Path, save, hp: dict, seconds: float, rows: int, trained: tuple[str, ...],
+            embed_dim: int) -> None:
     """Save the towers, record how they were trained, and list them in the model index."""
-    run.finish({"steps": hp["steps"], "seconds": round(seconds, 2), "rows": rows, "hyperparameters": hp}, save)
+    run.finish({"steps": hp.get("steps", 0), "seconds": round(seconds, 2), "rows": rows, "hyperparameters": hp}, save)
     if run.is_main:
-        update_bound_index(out, read_config(out / trained[-1])["embed_dim"], trained)
+        update_bound_index(out, embed_dim, trained)
 
 
 def is_trained(out: Path, modality: str) -> bool:
@@ -190,10 +253,13 @@ def train_bind(manifest_path: Path | str, out: Path | str, modalities: list[str]
     accelerator = make_accelerator()
     torch.manual_seed(settings.seed)
     wanted = _wanted(manifest, modalities)
-    if (out / CONFIG_NAME).is_file():
-        index = read_config(out)
-        if index.get("embed_dim") not in (None, settings.embed_dim):
-            raise AnybindError(f"{out}: existing towers are {index['embed_dim']}-d; use --embed-dim {index['embed_dim']} or a new --out")
+    for modality in {**settings.trunks, **settings.train_trunks}:  # every trunk option is checked before any training
+        tower_config(modality, settings)
+    if (out / CONFIG_NAME).is_file() and read_config(out).get("embed_dim"):
+        existing = int(read_config(out)["embed_dim"])
+        if existing != settings.embed_dim:  # new towers join the space already there
+            say(accelerator, f"{out}: its space is {existing}-d; new towers are made {existing}-d")
+            settings = dataclasses.replace(settings, embed_dim=existing)
     bad_log = MetricsLog(out / "bad_rows.jsonl", enabled=accelerator.is_main_process)
     results = []
     with _stage(out, BINDING_MODALITY, accelerator).lock():

@@ -3,12 +3,20 @@ option defaults from here, so they are never written twice (and importing this i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
 class BindSettings:
-    embed_dim: int = 128
+    embed_dim: int = 128  # binding into an existing model: its own; with a space: the space's
+    #: pretrained trunks, {modality: "hf:PATH" or "timm:NAME@FILE"}, and how much of each trains
+    #: ({modality: "frozen" | "last:N" | "lora[:R]" | "full"}); see anybind.trunks
+    trunks: dict = field(default_factory=dict)
+    train_trunks: dict = field(default_factory=dict)
+    #: a frozen image-text space (hf:PATH of a CLIP directory): its image and text towers, already
+    #: aligned, are the space every other modality binds to
+    space: str | None = None
+    feature_cache: bool = True  # frozen trunks: their outputs computed once per file and kept
     steps: int | None = None  # overrides every modality's default
     batch_size: int | None = None
     lr: float | None = None

