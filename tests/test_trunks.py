@@ -160,6 +160,16 @@ def test_a_frozen_clip_space_is_the_binding_target(checkpoints, small_world, tmp
     assert answer.returncode == 0, answer.stderr[-2000:]
 
 
+def test_video_binds_to_a_pretrained_image_trunk_from_scratch(checkpoints, every_world, tmp_path):
+    out = tmp_path / "bind"
+    world = every_world.path
+    assert _bind(world, out, "--trunk", f"image=hf:{checkpoints / 'vit'}", "--train-trunk", "image=frozen").returncode == 0
+    proc = _bind(world, out, modality="video")  # video's trunk would start from the image trunk's weights
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "starts from scratch" in proc.stdout + proc.stderr
+    assert anybind.load(out).embed([every_world.select(has=("video",))[0]["video"]]).shape == (1, 128)
+
+
 def test_the_feature_cache_runs_a_frozen_trunk_once_per_file_and_notices_changes(checkpoints, small_world, tmp_path):
     from anybind_image.encoder import load_image
 

@@ -197,7 +197,11 @@ def bind_to_images(modality: str, manifest: Manifest, out: Path, settings: BindS
     tower = Tower.create(modality, space_dim, tower_config(modality, settings))
     if hp.get("init_from") and not getattr(tower.encoder.config, "trunk", ""):
         source = Tower.from_pretrained(out / hp["init_from"]) if hp["init_from"] != BINDING_MODALITY else image_tower
-        tower.encoder.init_from(source.encoder)
+        if getattr(source.encoder.config, "trunk", ""):  # a pretrained trunk of another shape: nothing to copy
+            say(accelerator, f"bind {modality}: its trunk starts from scratch (the {hp['init_from']} tower's is the "
+                             f"pretrained {source.encoder.config.trunk})")
+        else:
+            tower.encoder.init_from(source.encoder)
     x_rows, samples = load_samples(manifest, x_rows, modality, tower.encoder, settings, accelerator, bad_log)
 
     # Frozen targets: every training image embedded once.
