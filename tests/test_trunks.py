@@ -160,14 +160,21 @@ def test_a_frozen_clip_space_is_the_binding_target(checkpoints, small_world, tmp
     assert answer.returncode == 0, answer.stderr[-2000:]
 
 
-def test_video_binds_to_a_pretrained_image_trunk_from_scratch(checkpoints, every_world, tmp_path):
+def test_video_can_read_each_frame_with_a_pretrained_image_trunk(checkpoints, every_world, tmp_path):
     out = tmp_path / "bind"
     world = every_world.path
     assert _bind(world, out, "--trunk", f"image=hf:{checkpoints / 'vit'}", "--train-trunk", "image=frozen").returncode == 0
-    proc = _bind(world, out, modality="video")  # video's trunk would start from the image trunk's weights
+    proc = _bind(world, out, "--trunk", f"video=hf:{checkpoints / 'vit'}", "--train-trunk", "video=frozen", modality="video")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "starts from scratch" in proc.stdout + proc.stderr
-    assert anybind.load(out).embed([every_world.select(has=("video",))[0]["video"]]).shape == (1, 128)
+    config = json.loads((out / "video" / "config.json").read_text())["encoder"]
+    assert config["trunk"] == f"hf:{checkpoints / 'vit'}" and config["train_trunk"] == "frozen"
+    saved = load_file(str(out / "video" / "model.safetensors"))
+    assert any(k.startswith("encoder.temporal.") for k in saved)  # its temporal layers trained and are saved,
+    assert not any(k.startswith("encoder.trunk.") for k in saved)  # the image trunk is not saved again
+    video = every_world.select(has=("video",))[0]["video"]
+    assert anybind.load(out).embed([video]).shape == (1, 128)
+    scratch = _bind(world, out, "--retrain", modality="video")  # without --trunk video=...: its own conv trunk
+    assert scratch.returncode == 0 and "starts from scratch" in scratch.stdout + scratch.stderr
 
 
 def test_the_feature_cache_runs_a_frozen_trunk_once_per_file_and_notices_changes(checkpoints, small_world, tmp_path):

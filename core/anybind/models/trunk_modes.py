@@ -74,7 +74,10 @@ class ReferencedTrunk:
 
     @property
     def frozen(self) -> bool:
-        return self.trunk_mode.kind == "frozen"
+        """Nothing in the encoder trains: a frozen trunk and no layers of its own after it (a video
+        encoder's temporal layers over a frozen image trunk do train)."""
+        return self.trunk_mode.kind == "frozen" and not any(
+            p.requires_grad for n, p in self.named_parameters() if not n.startswith("trunk."))
 
     def setup_trunk(self, module: nn.Module, blocks, lora_targets) -> None:
         apply_trunk_mode(module, self.trunk_mode, blocks, lora_targets, where=self.config.trunk)
@@ -91,7 +94,7 @@ class ReferencedTrunk:
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.frozen:
+        if self.trunk_mode.kind == "frozen":
             self.trunk.eval()  # no dropout or batch-norm updates in a trunk that does not train
         return self
 

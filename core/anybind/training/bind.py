@@ -194,12 +194,14 @@ def bind_to_images(modality: str, manifest: Manifest, out: Path, settings: BindS
     if not x_rows:
         raise InputError(manifest.path, f"no training rows pair {modality} with an image or a label")
     space_dim = int(read_config(out)["embed_dim"])  # the space the image tower made (its own, or --space's)
-    tower = Tower.create(modality, space_dim, tower_config(modality, settings))
-    if hp.get("init_from") and not getattr(tower.encoder.config, "trunk", ""):
+    config = tower_config(modality, settings)
+    tower = Tower.create(modality, space_dim, config)
+    if hp.get("init_from") and not config:
         source = Tower.from_pretrained(out / hp["init_from"]) if hp["init_from"] != BINDING_MODALITY else image_tower
-        if getattr(source.encoder.config, "trunk", ""):  # a pretrained trunk of another shape: nothing to copy
+        pretrained = getattr(source.encoder.config, "trunk", "")
+        if pretrained:  # a pretrained trunk of another shape: nothing to copy
             say(accelerator, f"bind {modality}: its trunk starts from scratch (the {hp['init_from']} tower's is the "
-                             f"pretrained {source.encoder.config.trunk})")
+                             f"pretrained {pretrained}; --trunk {modality}={pretrained} reads with it)")
         else:
             tower.encoder.init_from(source.encoder)
     x_rows, samples = load_samples(manifest, x_rows, modality, tower.encoder, settings, accelerator, bad_log)

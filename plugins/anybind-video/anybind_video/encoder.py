@@ -12,6 +12,7 @@ from torch import nn
 
 from anybind.errors import InputError
 from anybind.modality import EncoderOutput, ModalityEncoder
+from anybind.models.trunk_modes import ReferencedTrunk
 
 
 #: Frames decoded at most (a long video is cut), and the longest side a frame is kept at: a 4K
@@ -64,9 +65,13 @@ class VideoEncoderConfig:
     #: each frame as the image modality normalises it ("ink": line drawings; "none": only resized)
     normalize: str = "none"
     ink_grid: int = 8
+    #: a pretrained image trunk read per frame (hf:PATH or timm:NAME@FILE; the image tower's own, as
+    #: ImageBind does); its checkpoint then sets image_size, mean, std and width
+    trunk: str = ""
+    train_trunk: str = "full"
 
 
-class VideoEncoder(ModalityEncoder):
+class VideoEncoder(ReferencedTrunk, ModalityEncoder):
     """(B, T, 3, H, W) -> image trunk per frame -> frame vectors (B, T, W) -> temporal attention."""
 
     Config = VideoEncoderConfig
@@ -76,11 +81,21 @@ class VideoEncoder(ModalityEncoder):
         from anybind_image.encoder import ConvTrunk
 
         c = self.config
-        self.trunk = ConvTrunk(c.width, tuple(c.channels), c.convs_per_stage)
+        if c.trunk:
+            from anybind.trunks import TrunkReference
+            from anybind_image.pretrained import PretrainedImageTrunk
+
+            self.trunk = PretrainedImageTrunk(TrunkReference.parse(c.trunk))
+            c.image_size, c.mean, c.std, c.width = (self.trunk.image_size, self.trunk.mean, self.trunk.std,
+                                                    self.trunk.width)
+        else:
+            self.trunk = ConvTrunk(c.width, tuple(c.channels), c.convs_per_stage)
         self.time_embed = nn.Parameter(torch.zeros(1, c.frames, c.width))
         layer = nn.TransformerEncoderLayer(c.width, c.heads, dim_feedforward=2 * c.width, dropout=0.0,
                                            batch_first=True, norm_first=True)
         self.temporal = nn.TransformerEncoder(layer, c.temporal_layers, enable_nested_tensor=False)
+        if c.trunk:
+            self.setup_trunk(self.trunk.model, self.trunk.blocks, self.trunk.lora_targets)
 
     def init_from(self, other: ModalityEncoder) -> None:
         """Start from the image modality's trained conv trunk (same sizes required)."""
@@ -104,6 +119,10 @@ class VideoEncoder(ModalityEncoder):
 
     def forward(self, frames: torch.Tensor) -> EncoderOutput:
         b = frames.shape[0]
-        per_frame = self.trunk.forward_features(rearrange(frames, "b t c h w -> (b t) c h w"))  # (B*T, N, W)
-        vectors = rearrange(per_frame.mean(dim=1), "(b t) w -> b t w", b=b)  # (B, T, W)
+        flat = rearrange(frames, "b t c h w -> (b t) c h w")
+        if self.referenced:
+            pooled = self.trunk(flat).pooled()  # (B*T, W): each frame as the image tower's trunk sees it
+        else:
+            pooled = self.trunk.forward_features(flat).mean(dim=1)  # (B*T, N, W) -> (B*T, W)
+        vectors = rearrange(pooled, "(b t) w -> b t w", b=b)  # (B, T, W)
         return EncoderOutput(tokens=self.temporal(vectors + self.time_embed))
