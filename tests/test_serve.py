@@ -281,17 +281,19 @@ def test_listening_beyond_localhost_needs_a_key(served_model):
 
 
 def test_retrieve_over_http_answers_from_the_index(drawing_chat, small_world, small_bound, tmp_path):
-    index = tmp_path / "index"
-    run_cli("index", "build", str(small_world), "-o", str(index), "--model", str(small_bound), check=True)
-    served = Server(drawing_chat, tmp_path / "srv", "--index", str(index), *SERVE_ARGS)
+    from anybind.index import Index, build_index
+
+    bound = anybind.load(small_bound)
+    build_index(bound, small_world / "image", tmp_path / "index", progress=False)
+    served = Server(drawing_chat, tmp_path / "srv", "--index", str(tmp_path / "index"), *SERVE_ARGS)
     try:
         body = json.dumps({"query": "a handwritten seven", "top_k": 3}).encode()
         request = urllib.request.Request(served.url + "/v1/retrieve", body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
-            found = json.loads(response.read())["data"]
-        cli = run_cli("retrieve", "a handwritten seven", "--index", str(index), "--model", str(small_bound), "-k", "3",
-                      "--json", check=True)
-        assert [f["path"] for f in found] == [json.loads(line)["path"] for line in cli.stdout.splitlines()]
+            answer = json.loads(response.read())
+        expected = Index.load(tmp_path / "index").search(bound.embed(["a handwritten seven"])[0].numpy(), 3)
+        assert answer["query_modality"] == "text"
+        assert [f["path"] for f in answer["data"]] == [path for _, _, path in expected]
     finally:
         served.stop()
 
