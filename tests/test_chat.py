@@ -219,8 +219,5 @@ def test_int8_decoding_loads_decodes_and_answers_like_fp32(chat_dir, world):
     assert logits[0].argmax() == logits[1].argmax()
     events = list(int8.generate("Which digit is spoken here?", attachments=[audio], max_new_tokens=8))
     assert events[-1].type == "done" and events[-1].tokens > 0
-    proc = run_cli("chat", "Which digit is spoken here?", "--attach", audio, "--model", str(chat_dir), "--int8",
-                   "--max-tokens", "8")
-    assert proc.returncode == 0, proc.stderr
     with pytest.raises(CheckpointError, match="unknown quantization"):
         ChatModel.from_pretrained(chat_dir, quantize="int3")
