@@ -87,9 +87,9 @@ class TrunkMode:
         return {"last": f"last:{self.layers}", "lora": f"lora:{self.rank}"}.get(self.kind, self.kind)
 
 
-def hf_checkpoint(path: Path | str, what: str):
-    """The transformers config of a complete local checkpoint directory, or a clear error naming
-    it: missing, not a checkpoint, or half-written (no weights, or weights that do not load)."""
+def _check_checkpoint(path: Path | str, what: str) -> None:
+    """A clear error naming a checkpoint directory that is missing, not a checkpoint, or
+    half-written (no weights, or a config transformers cannot read)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint directory (hf:PATH takes a local {what} checkpoint)")
@@ -102,15 +102,17 @@ def hf_checkpoint(path: Path | str, what: str):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(path)
+        AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}/config.json: not a transformers config ({exc})") from None
 
 
-def load_auto_model(path: Path | str):
-    """``AutoModel.from_pretrained(path)``, refusing weights that leave part of the model at its
-    random initialisation (a half-written or mismatched checkpoint) except an unused pooler
-    (a ViT saved without one), which is removed so that nothing random is ever used."""
+def load_auto_model(path: Path | str, what: str):
+    """``AutoModel.from_pretrained(path)`` of a local ``what`` ("vision", "audio", "text")
+    checkpoint, checked first; weights that leave part of the model at its random initialisation
+    (a half-written or mismatched checkpoint) are refused, except an unused pooler (a ViT saved
+    without one), which is removed so that nothing random is ever used."""
+    _check_checkpoint(path, what)
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 

@@ -13,7 +13,7 @@ from torch import nn
 from anybind.errors import CheckpointError
 from anybind.modality import EncoderOutput
 from anybind.models.trunk_modes import attention_targets, block_list
-from anybind.trunks import TrunkReference, hf_checkpoint, load_auto_model
+from anybind.trunks import TrunkReference, load_auto_model
 
 AUDIO_INPUTS = ("input_values", "input_features")
 
@@ -28,8 +28,8 @@ class PretrainedAudioTrunk(nn.Module):
         if reference.scheme != "hf":
             raise CheckpointError(f"{reference}: an audio trunk is a local transformers directory (hf:PATH)")
         path = Path(reference.name)
-        config = hf_checkpoint(path, "audio")
-        model = load_auto_model(path)
+        model = load_auto_model(path, "audio")
+        config = model.config
         if hasattr(model, "audio_model"):  # CLAP: its audio half
             audio = model.audio_model
         elif getattr(config, "is_encoder_decoder", False):  # Whisper: its encoder

@@ -13,7 +13,7 @@ from torch import nn
 from anybind.errors import CheckpointError
 from anybind.modality import EncoderOutput
 from anybind.models.trunk_modes import attention_targets, block_list
-from anybind.trunks import TrunkReference, hf_checkpoint, load_auto_model
+from anybind.trunks import TrunkReference, load_auto_model
 
 
 def _tokens(features: torch.Tensor) -> torch.Tensor:
@@ -41,11 +41,10 @@ class PretrainedImageTrunk(nn.Module):
     def _load_hf(self, path: Path, projection: bool) -> None:
         from transformers import AutoImageProcessor
 
-        config = hf_checkpoint(path, "vision")
-        model = load_auto_model(path)
+        model = load_auto_model(path, "vision")
         vision = getattr(model, "vision_model", model)  # CLIPModel / SiglipModel: their vision half
         if "pixel_values" not in inspect.signature(vision.forward).parameters:
-            raise CheckpointError(f"{path}: a {config.model_type!r} model reads no images; give an image checkpoint "
+            raise CheckpointError(f"{path}: a {model.config.model_type!r} model reads no images; give an image checkpoint "
                                   "(CLIP/SigLIP, ViT, DINOv2, ConvNeXt, ...) as the image trunk")
         try:
             processor = AutoImageProcessor.from_pretrained(path)
@@ -56,7 +55,7 @@ class PretrainedImageTrunk(nn.Module):
         self.image_size = int(size.get("height") or size.get("shortest_edge"))
         self.mean, self.std = tuple(processor.image_mean), tuple(processor.image_std)
         self.model = vision.eval()
-        hidden = getattr(getattr(vision, "config", config), "hidden_size", None) or getattr(vision.config, "hidden_sizes")[-1]
+        hidden = getattr(vision.config, "hidden_size", None) or vision.config.hidden_sizes[-1]
         self.width = int(hidden)
         if projection:
             if getattr(model, "visual_projection", None) is None:

@@ -63,27 +63,22 @@ class TextEncoder(ModalityEncoder):
         hf_logging.disable_progress_bar()
         c = self.config
         if c.trunk:
-            from anybind.trunks import TrunkReference, hf_checkpoint
+            from anybind.trunks import TrunkReference, load_auto_model
 
             reference = TrunkReference.parse(c.trunk)
             if reference.scheme != "hf":
                 raise PluginError(f"{c.trunk}: a text trunk is a local transformers directory (hf:PATH)")
             source = Path(reference.name)
-            hf_checkpoint(source, "text")
+            model = load_auto_model(source, "text")
         else:
             source = Path(c.pretrained) if c.pretrained else packaged_minilm_dir()
             if not (source / "config.json").is_file():
                 raise PluginError(f"{source}: not a Hugging Face model directory (no config.json)")
+            model = AutoModel.from_pretrained(source)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{source}: has no tokenizer to read text with ({exc})") from None
-        if c.trunk:
-            from anybind.trunks import load_auto_model
-
-            model = load_auto_model(source)
-        else:
-            model = AutoModel.from_pretrained(source)
         self.model = getattr(model, "text_model", model).eval().requires_grad_(False)  # CLIP: its text half
         if "input_ids" not in inspect.signature(self.model.forward).parameters:
             raise CheckpointError(f"{source}: a {model.config.model_type!r} model reads no text")
