@@ -24,21 +24,33 @@ OUTPUT_MARK = "\n\n![{alt}](data:{mime};base64,{data})\n\n"
 _OUTPUT = re.compile(r"(?:\n\n)?!\[(?P<alt>[^\]]*)\]\(data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>[A-Za-z0-9+/=]*)\)(?:\n\n)?")
 
 
-def read_attachment(model, upload: Upload, where: str | None = None) -> Attachment:
-    """Read and embed one uploaded file; a file the model cannot use is the client's error,
-    named by the client's file name (never the server's temporary path)."""
+def _read_upload(model, upload: Upload, where: str | None, verb: str, purpose: str) -> tuple[str, object]:
+    """``(modality, raw)`` of an uploaded file the model has a tower for; a file it cannot use is
+    the client's error, named by the client's file name (never the server's temporary path)."""
     if upload.modality not in model.modalities:
-        raise unsupported(f"{upload.filename}: a {upload.modality} file, but this model reads "
-                          f"{', '.join(model.modalities)} (bind a {upload.modality} tower to chat about it)", where)
+        raise unsupported(f"{upload.filename}: a {upload.modality} file, but this model {verb} "
+                          f"{', '.join(model.modalities)} (bind a {upload.modality} tower to {purpose})", where)
     try:
-        modality, raw = resolve_input(upload.path)
+        return resolve_input(upload.path)
+    except InputError as exc:
+        raise _invalid(upload, exc.problem, where) from None
+
+
+def _invalid(upload: Upload, problem: str, where: str | None):
+    problem = problem.replace(str(upload.path), upload.filename).replace(str(upload.path.parent), "(upload)")
+    return bad_request(f"{upload.filename}: {problem}", where, code="invalid_file")
+
+
+def read_attachment(model, upload: Upload, where: str | None = None) -> Attachment:
+    """Read and embed one uploaded file as a chat attachment."""
+    modality, raw = _read_upload(model, upload, where, "reads", "chat about it")
+    try:
         return Attachment(modality, upload.filename, model.embed_raw(modality, [raw])[0])
     except InputError as exc:
         problem = exc.problem
     except (AnybindError, ValueError, RuntimeError, OSError) as exc:  # a plugin's tokenizer refusing the content
         problem = f"cannot be read as {upload.modality} ({exc})"
-    problem = problem.replace(str(upload.path), upload.filename).replace(str(upload.path.parent), "(upload)")
-    raise bad_request(f"{upload.filename}: {problem}", where, code="invalid_file")
+    raise _invalid(upload, problem, where)
 
 
 def _parts(content, where: str) -> list:
@@ -126,15 +138,7 @@ def embedding_inputs(model, value, files: RequestFiles) -> list[tuple[str, objec
         elif isinstance(item, dict) and item.get("type") == "text" and isinstance(item.get("text"), str):
             resolved.append(("text", item["text"]))
         elif isinstance(item, dict):
-            upload = files.add_part(item, where)
-            if upload.modality not in model.modalities:
-                raise unsupported(f"{upload.filename}: a {upload.modality} file, but this model embeds "
-                                  f"{', '.join(model.modalities)}", where)
-            try:
-                resolved.append(resolve_input(upload.path))
-            except InputError as exc:
-                problem = exc.problem.replace(str(upload.path), upload.filename)
-                raise bad_request(f"{upload.filename}: {problem}", where, code="invalid_file") from None
+            resolved.append(_read_upload(model, files.add_part(item, where), where, "embeds", "embed it"))
         else:
             raise bad_request(f"{where}: token arrays are not supported; send text or a content part", where)
     return resolved
