@@ -110,36 +110,35 @@ class ModelHost:
 
     def _generate(self, make_events, put, stop: threading.Event) -> None:
         """Run one generation on the model (in a worker thread), handing each event to ``put``."""
-        began, pieces = time.time(), 0
-        self.count("waiting")
         try:
-            with self.lock:
-                self.count("waiting", -1)
-                if stop.is_set():  # the client left while it waited
-                    return
-                self.count("running")
-                try:
-                    events = make_events()
-                    try:
-                        for event in events:
-                            pieces += event.type == "text"
-                            put(event)
-                            if stop.is_set():
-                                self.count("stopped")
-                                log.warning("stopped a generation after %.1f s and %d text pieces: the client "
-                                            "disconnected", time.time() - began, pieces)
-                                return
-                    finally:
-                        events.close()
-                    self.count("finished")
-                finally:
-                    self.count("running", -1)
+            self.run(lambda: self._drain(make_events(), put, stop))
         except BaseException as exc:  # noqa: BLE001 - handed to the request, which reports it
             if not isinstance(exc, AnybindError):  # a request the model refused is not a failure of the server
                 self.count("failed")
             put(_Failed(exc))
         finally:
             put(_END)
+
+    def _drain(self, events, put, stop: threading.Event) -> None:
+        """Hand on ``events`` (with the model's lock held) until they end or ``stop`` is set."""
+        if stop.is_set():  # the client left while it waited
+            events.close()
+            return
+        began, pieces = time.time(), 0
+        self.count("running")
+        try:
+            for event in events:
+                pieces += event.type == "text"
+                put(event)
+                if stop.is_set():
+                    self.count("stopped")
+                    log.warning("stopped a generation after %.1f s and %d text pieces: the client disconnected",
+                                time.time() - began, pieces)
+                    return
+            self.count("finished")
+        finally:
+            events.close()
+            self.count("running", -1)
 
     async def stream(self, make_events, disconnected, stop: threading.Event):
         """Yield the events of ``make_events()`` (a generator run on the model in a thread) as

@@ -113,29 +113,32 @@ async def chat_completions(request: Request):
     except BaseException:
         stop.set()
         raise
+    events = _after(first, events)
     if not body.get("stream"):
         try:
-            if first is not None:
-                completion.push(first)
-                async for event in events:
-                    completion.push(event)
+            async for event in events:
+                completion.push(event)
         finally:
             stop.set()
         return JSONResponse(completion.whole())
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    return StreamingResponse(sse(completion, first, events, stop, include_usage), media_type="text/event-stream",
+    return StreamingResponse(sse(completion, events, stop, include_usage), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def sse(completion: Completion, first, events, stop: threading.Event, include_usage: bool):
+async def _after(first, events):
+    """``first`` (read ahead; ``None`` when there was none), then the rest of ``events``."""
+    if first is not None:
+        yield first
+        async for event in events:
+            yield event
+
+
+async def sse(completion: Completion, events, stop: threading.Event, include_usage: bool):
     """The answer as server-sent events: the role, each event's chunk, the finish, maybe the
     usage, then ``[DONE]``; a failure after the headers went out is an ``error`` event."""
     try:
         yield _sse(completion.first())
-        for event in [first] if first is not None else []:
-            chunk = completion.push(event)
-            if chunk is not None:
-                yield _sse(chunk)
         async for event in events:
             chunk = completion.push(event)
             if chunk is not None:
