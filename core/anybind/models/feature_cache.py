@@ -32,6 +32,12 @@ def file_hash(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+def caches(encoder) -> bool:
+    """Whether ``encoder``'s outputs can be cached: nothing in it trains and its trunk is a
+    pretrained checkpoint (a reference that fixes its weights)."""
+    return bool(encoder.frozen and getattr(encoder.config, "trunk", ""))
+
+
 def trunk_key(encoder) -> str:
     """What the cached outputs depend on besides the file: the trunk and the encoder's settings."""
     from anybind.trunks import TrunkReference
@@ -76,10 +82,11 @@ class FeatureCache:
 
         hashes = [file_hash(p) for p in paths]
         known, features = self._read()
-        first_of = {}
+        todo, seen = [], set(known)  # the first sample of each content not cached yet
         for i, h in enumerate(hashes):
-            first_of.setdefault(h, i)
-        todo = [first_of[h] for h in dict.fromkeys(hashes) if h not in known]
+            if h not in seen:
+                seen.add(h)
+                todo.append(i)
         self.hits, self.misses = len(hashes) - len(todo), len(todo)
         if todo:
             self.encoder.eval()

@@ -67,9 +67,10 @@ class Tower(nn.Module):
                     batch_size: int = 64) -> torch.Tensor:
         """Like :meth:`embed_samples`, for samples read from ``paths``: a frozen pretrained trunk's
         outputs come from (and go to) the feature cache under ``cache_root``, if given."""
-        if cache_root is None or not (self.encoder.frozen and getattr(self.encoder.config, "trunk", "")):
+        from anybind.models.feature_cache import FeatureCache, caches
+
+        if cache_root is None or not caches(self.encoder):
             return self.embed_samples(samples, batch_size)
-        from anybind.models.feature_cache import FeatureCache
 
         self.eval()
         device = next(self.parameters()).device

@@ -25,7 +25,7 @@ from anybind import plugins
 from anybind.data.manifest import Manifest, read_manifest
 from anybind.errors import AnybindError, InputError
 from anybind.specs import BINDING_MODALITY
-from anybind.models.feature_cache import FeatureCache
+from anybind.models.feature_cache import FeatureCache, caches
 from anybind.models.losses import BindLoss
 from anybind.models.space import Tower, update_bound_index
 from anybind.persistence import CONFIG_NAME, read_config
@@ -121,7 +121,7 @@ def _batches(tower: Tower, modality: str, rows: list[dict], samples: list, out: 
     """How a step gets its batch: a frozen pretrained trunk's pooled outputs, computed once per file
     (:class:`FeatureCache`), else the samples collated and augmented."""
     encoder = tower.encoder
-    if encoder.frozen and getattr(encoder.config, "trunk", "") and settings.feature_cache:
+    if settings.feature_cache and caches(encoder):
         cache = FeatureCache(out / ".features", encoder, write=accelerator.is_main_process)
         tower.to(accelerator.device)
         features = cache.pooled([r[modality] for r in rows], samples, device=accelerator.device,
@@ -261,11 +261,10 @@ def train_bind(manifest_path: Path | str, out: Path | str, modalities: list[str]
     wanted = _wanted(manifest, modalities)
     for modality in {**settings.trunks, **settings.train_trunks}:  # every trunk option is checked before any training
         tower_config(modality, settings)
-    if (out / CONFIG_NAME).is_file() and read_config(out).get("embed_dim"):
-        existing = int(read_config(out)["embed_dim"])
-        if existing != settings.embed_dim:  # new towers join the space already there
-            say(accelerator, f"{out}: its space is {existing}-d; new towers are made {existing}-d")
-            settings = dataclasses.replace(settings, embed_dim=existing)
+    existing = read_config(out).get("embed_dim") if (out / CONFIG_NAME).is_file() else None
+    if existing and int(existing) != settings.embed_dim:  # new towers join the space already there
+        say(accelerator, f"{out}: its space is {existing}-d; new towers are made {existing}-d")
+        settings = dataclasses.replace(settings, embed_dim=int(existing))
     bad_log = MetricsLog(out / "bad_rows.jsonl", enabled=accelerator.is_main_process)
     results = []
     with _stage(out, BINDING_MODALITY, accelerator).lock():
