@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from anybind.errors import AnybindError, InputError
+from anybind.models.feature_cache import file_hash
 from anybind.persistence import check_writable, read_json
 from anybind.retrieval import corpus_files, files_by_modality
 
@@ -62,10 +63,7 @@ def _files_fingerprint(folder: Path) -> str:
     for modality in sorted(read_json(folder / "config.json").get("modalities", [])):
         for file in sorted((folder / modality).glob("*")):
             if file.name == "config.json" or file.suffix == ".safetensors":
-                digest.update(f"{modality}/{file.name}".encode())
-                with open(file, "rb") as handle:
-                    for block in iter(lambda: handle.read(1 << 22), b""):
-                        digest.update(block)
+                digest.update(f"{modality}/{file.name}:{file_hash(file)}".encode())
     return digest.hexdigest()[:16]
 
 
