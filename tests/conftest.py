@@ -148,6 +148,10 @@ def build_tiny_sd(path: Path, cross_attention_dim: int = 32, max_tokens: int = 1
 
 TINY_DECODER = ["--set", "size=16", "--set", "vae_channels=8,16", "--set", "unet_channels=16,32", "--set", "head_dim=4",
                 "--set", "vae_steps=3", "--steps", "4", "--batch-size", "8"]
+TINY_AUDIOGEN = ["--set", "n_mels=16", "--set", "frames=16", "--set", "vae_channels=8,16", "--set", "unet_channels=16,32",
+                 "--set", "head_dim=4", "--set", "vae_steps=3", "--steps", "4", "--batch-size", "8"]
+#: Plugins to load where a test runs the quickstart over stages already trained for images only.
+IMAGES_OUT_ONLY = {"ANYBIND_LOAD_PLUGINS": "anybind-image,anybind-audio,anybind-diffusion"}
 
 
 @pytest.fixture(scope="session")

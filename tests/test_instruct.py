@@ -16,7 +16,7 @@ import anybind
 from anybind.chat.conversation import Attachment, Turn, encode
 from anybind.training.dialogues import Dialogue, encode_dialogue, make_dialogues
 from anybind.data import read_manifest
-from conftest import run_cli
+from conftest import IMAGES_OUT_ONLY, run_cli
 
 
 def _copy_chat(chat_dir, target):
@@ -163,7 +163,8 @@ def test_quickstart_skips_finished_stages_then_demos_and_evaluates(instructed, s
     (run / "bind").symlink_to(small_bound)
     (run / "decoder").symlink_to(decoder_dir)
     _copy_chat(chat, run / "chat")
-    first = run_cli("quickstart", "--out", str(run), "--backbone", f"hf:{tiny_lm}", timeout=900, check=True)
+    first = run_cli("quickstart", "--out", str(run), "--backbone", f"hf:{tiny_lm}", timeout=900, check=True,
+                    env=IMAGES_OUT_ONLY)
     record = json.loads((run / "metrics.json").read_text())
     stages = record["stages"]
     assert sorted(stages) == sorted(["world", "bind", "decoder", "align-in", "align-out", "instruct", "demo", "eval"])
@@ -172,7 +173,7 @@ def test_quickstart_skips_finished_stages_then_demos_and_evaluates(instructed, s
     page = (run / "demo.html").read_text()
     assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
     assert "Which digit is spoken here?" in page and "Now draw it." in page and "number four" in page
-    assert set(record["eval"]) == {"bind", "chat", "generate", "ood", "conversations"}
+    assert set(record["eval"]) == {"bind", "chat", "generate", "outputs", "together", "ood", "conversations"}
     assert set(record["eval"]["ood"]["bind"]) == {"image", "audio"}  # made differently, never trained on
     assert "multi-turn (every behaviour)" in record["summary"] and "OOD chat (every modality)" in record["summary"]
     assert record["summary"]["bind zero-shot (image)"] == record["eval"]["bind"]["image"]["zero_shot_top1"]
@@ -180,7 +181,8 @@ def test_quickstart_skips_finished_stages_then_demos_and_evaluates(instructed, s
     assert "STAGE" in first.stdout and "METRIC (held-out)" in first.stdout and "skipped" in first.stdout
     table = first.stdout[first.stdout.index("STAGE"):]
     assert table.index("world") < table.index("decoder") < table.index("instruct") < table.index("eval")
-    again = run_cli("quickstart", "--out", str(run), "--backbone", f"hf:{tiny_lm}", timeout=900, check=True)
+    again = run_cli("quickstart", "--out", str(run), "--backbone", f"hf:{tiny_lm}", timeout=900, check=True,
+                    env=IMAGES_OUT_ONLY)
     assert json.loads((run / "metrics.json").read_text())["stages"]["eval"]["note"] == "already evaluated"
     assert "already evaluated" in again.stdout
 

@@ -10,14 +10,15 @@ import torch
 from anybind.errors import AnybindError
 from anybind.quickstart import Quickstart, stages
 from anybind.training.trainer import STEP_HOOKS
-from conftest import TINY_DECODER
+from conftest import TINY_AUDIOGEN, TINY_DECODER
 
 
 def _quickstart(tmp_path, small_world, options) -> Quickstart:
     out = tmp_path / "quickstart"
     out.mkdir()
     (out / "world").symlink_to(small_world)
-    return Quickstart(out, progress=False, background_decoder=True, decoder_options=tuple(options))
+    return Quickstart(out, progress=False, background_decoder=True,
+                      decoder_options={"sd": tuple(options), "audiogen": tuple(TINY_AUDIOGEN)})
 
 
 def test_the_decoder_trains_in_the_background_and_gives_its_core_back(small_world, tmp_path):
@@ -31,6 +32,9 @@ def test_the_decoder_trains_in_the_background_and_gives_its_core_back(small_worl
     stages.join_decoder(q)
     assert torch.get_num_threads() == threads and job.poll not in STEP_HOOKS and "decoder" not in q.jobs
     assert (q.run.decoder / "anybind.json").is_file() and (q.run.decoder / "unet" / "config.json").is_file()
+    speech = q.run.decoder_of("audio")  # the decoders train in turn, images first
+    assert speech.name == "decoder-audio" and (speech / "anybind.json").is_file()
+    assert (speech / "prompts.json").stat().st_mtime > (q.run.decoder / "anybind.json").stat().st_mtime
     stage = q.record["stages"]["decoder"]
     assert stage["ran"] and stage["seconds"] > 0 and "background" in stage["note"]
     assert stages.decoder(q) == (False, "already trained")

@@ -2,7 +2,10 @@
 
 A *run directory* (what ``anybind quickstart`` writes; each part can also live on its own)::
 
-    RUN/world/    RUN/world-ood/    RUN/bind/    RUN/decoder/    RUN/chat/    RUN/metrics.json    RUN/demo.html
+    RUN/world/    RUN/world-ood/    RUN/bind/    RUN/decoder/    RUN/decoder-<modality>/    RUN/chat/
+    RUN/metrics.json    RUN/demo.html
+
+(``decoder/`` makes the binding modality, images; a decoder of any other output modality has its own.)
 
 A *chat model directory* (written by align-in, then align-out and instruct)::
 
@@ -47,6 +50,12 @@ class RunLayout:
     chat = property(lambda self: self.root / "chat")
     metrics = property(lambda self: self.root / "metrics.json")
     demo_page = property(lambda self: self.root / "demo.html")
+
+    def decoder_of(self, modality: str) -> Path:
+        """Where the decoder of ``modality`` trains: ``decoder/`` for images, ``decoder-<modality>/`` otherwise."""
+        from anybind.specs import BINDING_MODALITY
+
+        return self.decoder if modality == BINDING_MODALITY else self.root / f"decoder-{modality}"
 
     def log(self, job: str) -> Path:
         """The log of a background job (``decoder``, ``backbone``)."""

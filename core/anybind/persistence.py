@@ -36,6 +36,23 @@ def write_text_atomic(path: Path | str, text: str) -> None:
         raise
 
 
+def write_output_file(path: Path | str, data: bytes) -> Path:
+    """Write a made output (an image, a sound) to a file the user named: checked writable first,
+    written whole or not at all, an OS error reported as the file's (``AnybindError``)."""
+    path = check_writable(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise AnybindError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        raise
+    return path
+
+
 def write_json_atomic(path: Path | str, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 

@@ -119,6 +119,11 @@ class DecoderSpec:
             for this output ("Draw {c}."), used to train and evaluate asking for it.
         judge: optional dotted path of an :class:`anybind.eval.judge.Judge` subclass: an
             independent classifier of its outputs, for ``anybind eval generate``.
+        prompt_encoder: optional ``(path, device=None) -> object`` with ``cond_shape`` and
+            ``encode_prompt`` only: what align-out and instruct need, readable while the decoder
+            still trains (default: the whole decoder, from ``factory``).
+        media: dotted path of an :class:`anybind.chat.render.Media`: how its outputs are saved
+            (suffix, bytes, MIME type) and shown in HTML and Markdown; images have one built in.
     """
 
     name: str
@@ -129,6 +134,8 @@ class DecoderSpec:
     token: str = ""
     prompts: Factory | None = None
     judge: Factory | None = None
+    prompt_encoder: Factory | None = None
+    media: Factory | None = None
 
     def __post_init__(self):
         if not self.token:

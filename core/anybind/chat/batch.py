@@ -21,16 +21,18 @@ from anybind.chat.outputs import OutputStates, OutputVocab, pad_contexts
 @dataclass
 class Answer:
     text: str
-    outputs: list = field(default_factory=list)  # what the decoders made, in order
+    outputs: list = field(default_factory=list)  # what the decoders made, in the order the answer made them
+    modalities: list[str] = field(default_factory=list)  # the output modality of each
 
 
 @torch.no_grad()
 def greedy_answers(model, conversations: Sequence[list[Turn]], *, max_new_tokens: int, projector: str | None = None,
                    make: bool = False, seed: int = 0, steps: int | None = None, shared_prefix: bool = False,
-                   batch_size: int | None = None, progress: bool = False, desc: str = "answers") -> list[Answer]:
+                   batch_size: int | None = None, progress: bool = False, desc: str = "answers",
+                   max_outputs: int = 1) -> list[Answer]:
     """Greedy answers to ``conversations`` (each ending with the user's turn), decoded in batches.
 
-    ``make``: outputs may be made (at most one per answer); ``shared_prefix``: the ids every
+    ``make``: outputs may be made (at most ``max_outputs`` per answer); ``shared_prefix``: the ids every
     conversation starts with (the system prompt, text only) run once, not once per row."""
     from tqdm.auto import tqdm
 
@@ -46,7 +48,7 @@ def greedy_answers(model, conversations: Sequence[list[Turn]], *, max_new_tokens
         soft = [model.soft_tokens_for(e, projector) for e in chunk]
         embeds, mask = input_embeddings(model.backbone, chunk, soft, pad_left=True)
         if make and model.outputs:
-            answers += _with_outputs(model, embeds, mask, max_new_tokens, seed, steps)
+            answers += _with_outputs(model, embeds, mask, max_new_tokens, seed, steps, max_outputs)
         else:
             tokens = list(decode_text(model.backbone.model, embeds, mask, SamplingOptions(max_new_tokens),
                                       model.backbone.stop_ids, prefix=prefix))
@@ -55,26 +57,30 @@ def greedy_answers(model, conversations: Sequence[list[Turn]], *, max_new_tokens
     return answers
 
 
-def _with_outputs(model, embeds, mask, max_new_tokens: int, seed: int, steps: int | None) -> list[Answer]:
+def _with_outputs(model, embeds, mask, max_new_tokens: int, seed: int, steps: int | None,
+                  max_outputs: int) -> list[Answer]:
     backbone = model.backbone
     vocab = OutputVocab(list(model.outputs.values()), backbone.vocab_size)
     tracker = OutputStates(vocab, mask)
     ids: list[list[int]] = [[] for _ in range(len(mask))]
     pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
     for token, hidden in decode_with_outputs(backbone.model, embeds, mask, SamplingOptions(max_new_tokens),
-                                             backbone.stop_ids, vocab, max_outputs=1, boundaries=model.boundaries):
+                                             backbone.stop_ids, vocab, max_outputs=max_outputs, boundaries=model.boundaries):
         pending += tracker.push(token, hidden)
         for row, token_id in enumerate(token.tolist()):
             ids[row].append(token_id)
     answers = [Answer(_text(backbone, row)) for row in ids]
+    made: dict[int, object] = {}
     for index, output in enumerate(vocab.outputs):  # each decoder once, for every row that asked it
-        mine = [p for p in pending if p[1] == index]
+        mine = [n for n, p in enumerate(pending) if p[1] == index]
         if mine:
-            context, context_mask = pad_contexts([c for _, _, _, c in mine])
-            made = model.make(output.modality, torch.stack([s for _, _, s, _ in mine]), context, context_mask,
-                              seed=seed, steps=steps)
-            for (row, _, _, _), value in zip(mine, made):
-                answers[row].outputs.append(value)
+            context, context_mask = pad_contexts([pending[n][3] for n in mine])
+            values = model.make(output.modality, torch.stack([pending[n][2] for n in mine]), context, context_mask,
+                                seed=seed, steps=steps)
+            made.update(zip(mine, values))
+    for n, (row, index, _, _) in enumerate(pending):  # pending is in the order the outputs were completed
+        answers[row].outputs.append(made[n])
+        answers[row].modalities.append(vocab.outputs[index].modality)
     return answers
 
 
@@ -86,8 +92,9 @@ def _text(backbone, ids: list[int]) -> str:
 
 
 def draw_batch(model, prompts: Sequence[str], *, max_new_tokens: int = 48, seed: int = 0,
-               image_steps: int | None = None) -> list[tuple[str, list]]:
-    """Greedy answers to text prompts, decoded together, with the outputs each one made (for evaluation)."""
+               image_steps: int | None = None, modality: str | None = None) -> list[tuple[str, list]]:
+    """Greedy answers to text prompts, decoded together, with the outputs each one made (for
+    evaluation): of ``modality`` only, if given."""
     answers = greedy_answers(model, [model.conversation(p) for p in prompts], max_new_tokens=max_new_tokens,
                              make=True, seed=seed, steps=image_steps)
-    return [(a.text, a.outputs) for a in answers]
+    return [(a.text, [v for v, m in zip(a.outputs, a.modalities) if modality in (None, m)]) for a in answers]

@@ -131,6 +131,11 @@ def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torc
         if boundaries is not None and previous is not None:
             blocked |= ~(boundaries[previous.clamp(max=len(boundaries) - 1)] | (previous >= V))
         logits[:, V:] = logits[:, V:].masked_fill(blocked[:, None], float("-inf"))
+        if previous is not None:  # an output never follows itself straight away: the next one, or text
+            just_made = (previous >= V) & (previous == run_last)
+            again = torch.zeros_like(logits[:, V:], dtype=torch.bool)
+            again[just_made, (torch.searchsorted(firsts, previous, right=True) - 1).clamp(min=0)[just_made]] = True
+            logits[:, V:] = logits[:, V:].masked_fill(again, float("-inf"))
         token = steps.pick(logits)
         token = torch.where(token >= V, firsts[(token - V).clamp(min=0, max=len(firsts) - 1)], token)  # gate -> [TOK0]
         if previous is not None:

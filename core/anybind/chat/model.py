@@ -185,11 +185,14 @@ class ChatModel:
         return self._boundaries
 
     def output(self, modality: str | None = None) -> GenerativeOutput:
-        """The generative output of ``modality`` (default: the only one)."""
+        """The generative output of ``modality`` (default: the only one, or the binding modality's
+        when it makes several: what "draw it" asks for)."""
         if not self.outputs:
             raise CheckpointError(f"{self.path}: this chat model makes no outputs; train it with: anybind train align-out")
         if modality is None and len(self.outputs) == 1:
             return next(iter(self.outputs.values()))
+        if modality is None and BINDING_MODALITY in self.outputs:
+            return self.outputs[BINDING_MODALITY]
         if modality not in self.outputs:
             raise CheckpointError(f"{self.path}: makes no {modality} outputs (it makes: {', '.join(self.outputs)})")
         return self.outputs[modality]

@@ -44,7 +44,7 @@ def respond(model, turns: list[Turn], options: SamplingOptions | None = None, *,
                                     max_outputs=max_images, boundaries=model.boundaries)
     tracker = OutputStates(vocab, mask) if vocab is not None else None
     stream, stop = TextStream(backbone.tokenizer), set(backbone.stop_ids)
-    first, reason, count, made = None, "length", 0, 0
+    first, reason, count, made, kinds = None, "length", 0, 0, {}
     for token, hidden in steps:
         # 4. An output whose tokens are complete is made by its decoder, in its place.
         for _, index, states, context in (tracker.push(token, hidden) if tracker is not None else ()):
@@ -54,6 +54,7 @@ def respond(model, turns: list[Turn], options: SamplingOptions | None = None, *,
             first = first if first is not None else time.time() - began
             yield OutputEvent(output.modality, value, made)
             made += 1
+            kinds[output.modality] = kinds.get(output.modality, 0) + 1
         token_id = int(token[0])
         count += 1
         if token_id in stop:
@@ -70,4 +71,5 @@ def respond(model, turns: list[Turn], options: SamplingOptions | None = None, *,
     if rest:
         yield TextEvent(rest)
     yield DoneEvent(stream.text, count, reason, time.time() - began, first,
-                    usage={"prompt_tokens": len(encoded.ids), "completion_tokens": count, "images": made})
+                    usage={"prompt_tokens": len(encoded.ids), "completion_tokens": count, "outputs": made,
+                           "images": kinds.get("image", 0), "made": kinds})

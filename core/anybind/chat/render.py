@@ -4,7 +4,8 @@ Every renderer writes as events arrive (text is never held back for an output) t
 stream, usually stdout or a temporary file that becomes the ``-o`` file on success.
 Outputs are saved as files (named ``<prefix>-<n>.<ext>`` in ``images_dir``) except in HTML,
 where they are inlined as data URIs so the page is self-contained. How an output modality
-is written and shown is its :class:`Media` entry (images: PNG files, ``<img>``).
+is written and shown is its :class:`Media` entry: images (PNG files, ``<img>``) are built in, and a
+decoder plugin gives its own modality's (``DecoderSpec.media``: WAV files and ``<audio>`` for sound).
 """
 
 from __future__ import annotations
@@ -13,15 +14,13 @@ import base64
 import html
 import io
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, TextIO
 
 from anybind.chat.events import OutputEvent
 from anybind.errors import AnybindError
-from anybind.persistence import check_writable
+from anybind.persistence import write_output_file
 
 FORMATS = ("terminal", "markdown", "html", "jsonl")
 IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".png": "PNG"}
@@ -29,21 +28,13 @@ IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"
 
 def save_image(image, path: Path | str) -> Path:
     """Write a PIL image atomically (format from the suffix): no partial file on failure."""
-    path = check_writable(path)
+    path = Path(path)
     fmt = IMAGE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise AnybindError(f"{path}: unsupported image suffix {path.suffix or '(none)'}; use .png, .jpg, .webp or .bmp")
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=fmt)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise AnybindError(f"{path}: cannot write: {exc.strerror or exc}") from None
-        raise
-    return path
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return write_output_file(path, buffer.getvalue())
 
 
 def _png(image) -> bytes:
@@ -61,6 +52,7 @@ class Media:
     encode: Callable  # value -> bytes of the saved format
     mime: str
     html: str  # with {alt} and {src}
+    markdown: str = "![{alt}]({src})"  # with {alt} and {src}
 
 
 MEDIA = {
@@ -68,10 +60,26 @@ MEDIA = {
 }
 
 
+def known_media() -> dict[str, Media]:
+    """Every output modality's :class:`Media`: the built-in ones and those installed plugins give."""
+    from anybind import plugins
+    from anybind.specs import resolve
+
+    found = dict(MEDIA)
+    for spec in plugins.decoders().values():
+        if spec.media is not None and spec.modality not in found:
+            found[spec.modality] = resolve(spec.media, what=f"media of decoder {spec.name!r}")
+    return found
+
+
 def media(kind: str) -> Media:
-    if kind not in MEDIA:
-        raise AnybindError(f"no renderer knows how to write {kind!r} outputs (known: {', '.join(MEDIA)})")
-    return MEDIA[kind]
+    """How ``kind`` outputs are saved and shown: built in, or from the plugin whose decoder makes them."""
+    if kind in MEDIA:
+        return MEDIA[kind]
+    found = known_media()
+    if kind not in found:
+        raise AnybindError(f"no renderer knows how to write {kind!r} outputs (known: {', '.join(sorted(found))})")
+    return found[kind]
 
 
 class Renderer:
@@ -120,14 +128,14 @@ class Renderer:
         if self.stats and self.err is not None:
             first = f", first output {event.first_token_seconds:.2f}s" if event.first_token_seconds is not None else ""
             rate = event.tokens / event.seconds if event.seconds else 0.0
-            images = event.usage.get("images")
-            drawn = f", {images} image(s)" if images else ""
+            made = event.usage.get("made") or {}
+            drawn = "".join(f", {n} {kind} output(s)" for kind, n in made.items())
             self.err(f"[{event.tokens} tokens in {event.seconds:.2f}s ({rate:.1f}/s){first}{drawn}; "
                      f"prompt {event.usage.get('prompt_tokens')} tokens; stop: {event.reason}]")
 
 
 class TerminalRenderer(Renderer):
-    """Plain text as it streams; each image saved, its path printed in its place."""
+    """Plain text as it streams; each output saved, its path printed in its place."""
 
 
 class MarkdownRenderer(Renderer):
@@ -136,16 +144,18 @@ class MarkdownRenderer(Renderer):
 
     def on_output(self, event) -> None:
         path = self.save(event)
-        self.out.write(f"\n\n![{event.type} {event.index + 1}]({path.as_posix()})\n\n")
+        kind = media(event.type)
+        self.out.write(f"\n\n{kind.markdown.format(alt=f'{event.type} {event.index + 1}', src=path.as_posix())}\n\n")
 
 
 class HtmlRenderer(Renderer):
-    """One self-contained page: text escaped, images inline as PNG data URIs."""
+    """One self-contained page: text escaped, outputs inline as data URIs (images PNG, sound WAV)."""
 
     HEAD = ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>anybind</title>\n"
             "<style>body{font-family:system-ui,sans-serif;max-width:44em;margin:2em auto;line-height:1.5}"
             ".you{color:#555;margin-top:1.5em}.answer{white-space:pre-wrap}"
             "img{image-rendering:pixelated;width:128px;height:128px;display:block;margin:.5em 0;border:1px solid #ddd}"
+            "audio{display:block;margin:.5em 0}"
             "</style></head><body>\n")
 
     def __init__(self, *args, **kwargs):
@@ -176,7 +186,7 @@ class HtmlRenderer(Renderer):
 
 
 class JsonlRenderer(Renderer):
-    """One JSON object per event; images are saved and referenced by ``path``."""
+    """One JSON object per event; outputs are saved and referenced by ``path``."""
 
     def render(self, events) -> None:
         for event in events:

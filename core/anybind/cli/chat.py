@@ -115,7 +115,7 @@ def _structured():
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Write the answer here instead of stdout (written whole at the end; nothing partial on failure).")
 @click.option("--images-dir", type=click.Path(file_okay=False),
-              help="Where drawn images are saved (default: next to --output, else the current folder).")
+              help="Where drawn images and spoken answers are saved (default: next to --output, else the current folder).")
 @click.option("--decoder", "decoder", help="Draw with this decoder instead of the model's own (a directory or sd:PATH).")
 @click.option("--no-images", is_flag=True, help="Answer in text only, even if the model can draw.")
 @click.option("--image-steps", type=click.IntRange(1, 1000), help="Sampling steps per image (default: the decoder's).")

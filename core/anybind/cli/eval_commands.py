@@ -101,21 +101,26 @@ def eval_chat_command(model_dir, manifest, suite, modalities, limit, quantize, a
 
 @eval_group.command(name="generate")
 @click.option("--model", "model_dir", default=DEFAULT_CHAT, show_default=True, type=click.Path(),
-              help="Chat model trained with align-out (skipped if it cannot draw or is missing).")
-@click.option("--decoder", default=DEFAULT_DECODER, show_default=True, help="Decoder directory or sd:PATH.")
+              help="Chat model trained with align-out (skipped if it makes no outputs or is missing).")
+@click.option("--modality", help="The output to judge (default: the model's main one, images, else the only "
+                                 "installed decoder's).")
+@click.option("--decoder", help="Decoder directory or NAME:PATH (default: the one the model was trained against, "
+                                "else runs/quickstart/decoder, or decoder-MODALITY).")
 @click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path())
-@click.option("-n", "per_label", type=click.IntRange(2), default=10, show_default=True, help="Images per label.")
-@click.option("--steps", type=click.IntRange(1, 1000), help="Sampling steps per image (default: the decoder's).")
+@click.option("-n", "per_label", type=click.IntRange(2), default=10, show_default=True, help="Outputs per label.")
+@click.option("--steps", type=click.IntRange(1, 1000), help="Sampling steps per output (default: the decoder's).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def eval_generate_command(model_dir, decoder, manifest, per_label, steps, seed, as_json):
-    """Judge generated images with a classifier trained on the real ones: the decoder from
-    captions, and the chat model asked to draw (alone, and after a sentence)."""
+def eval_generate_command(model_dir, modality, decoder, manifest, per_label, steps, seed, as_json):
+    """Judge generated outputs with a classifier trained on real files: the decoder from
+    captions, the chat model asked to make them (alone, and after a sentence), and, for a model
+    that makes several kinds, a sentence then every output in one answer."""
     from pathlib import Path
 
     from anybind.chat import ChatModel
-    from anybind.eval import evaluate_generate
-    from anybind.models.decoders import load_decoder
+    from anybind.eval import evaluate_generate, evaluate_together
+    from anybind.layout import DEFAULT_RUN
+    from anybind.models.decoders import decoder_for, load_decoder
 
     model = None
     if (Path(model_dir) / "config.json").is_file():
@@ -123,26 +128,41 @@ def eval_generate_command(model_dir, decoder, manifest, per_label, steps, seed, 
         if not model.outputs:
             click.secho(f"{model_dir}: makes no outputs (no align-out); judging the decoder alone", dim=True, err=True)
             model = None
-    loaded = model.decoder() if model is not None else load_decoder(decoder)
-    results = evaluate_generate(manifest, decoder=loaded, model=model, per_label=per_label, steps=steps, seed=seed)
+    modality = modality or (model.output().modality if model is not None else decoder_for().modality)
+    loaded = model.decoder(modality) if model is not None else load_decoder(
+        decoder or str(DEFAULT_RUN.decoder_of(modality)), modality=modality)
+    results = evaluate_generate(manifest, decoder=loaded, model=model, modality=modality, per_label=per_label,
+                                steps=steps, seed=seed)
+    if model is not None and len(model.outputs) > 1:
+        results["together"] = evaluate_together(manifest, model, steps=steps, seed=seed)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
-    click.echo(f"Judge (an SVM on the real training {results['modality']} files) on real held-out ones: "
+    _print_generate(results)
+
+
+def _print_generate(results: dict) -> None:
+    click.echo(f"Judge of {results['modality']} outputs (trained on real files) on real held-out ones: "
                f"{results['judge_accuracy_on_real']:.3f}")
     rows = []
-    for key, what in (("decoder", "decoder from captions"), ("chat_draw", "chat: asked to draw")):
+    for key, what in (("decoder", "decoder from captions"), ("chat_draw", "chat: asked for one")):
         if key in results:
             r = results[key]
-            drew = f"{r['drew']:.3f}" if "drew" in r else "-"
-            rows.append([what, f"{r['accuracy']:.3f}", drew, f"{r['diversity']:.2f}", str(r.get("asked", r["images"]))])
-    click.echo(table(["SOURCE", "CORRECT", "DREW", "DIVERSITY", "N"], rows))
+            made = f"{r['drew']:.3f}" if "drew" in r else "-"
+            rows.append([what, f"{r['accuracy']:.3f}", made, f"{r['diversity']:.2f}", str(r.get("asked", r["images"]))])
+    click.echo(table(["SOURCE", "CORRECT", "MADE", "DIVERSITY", "N"], rows))
     if "chat_write_and_draw" in results:
         r = results["chat_write_and_draw"]
-        click.echo(f"chat: write a sentence, then draw: both present {r['both']:.3f}, both present and agreeing "
+        click.echo(f"chat: a sentence, then the output: both present {r['both']:.3f}, both present and agreeing "
                    f"{r['both_and_agree']:.3f} (n={r['asked']})")
         for e in r["examples"][:2]:
-            click.echo(f"  {e['prompt']!r} -> {e['text']!r} + {e['images']} image(s)")
+            click.echo(f"  {e['prompt']!r} -> {e['text']!r} + {e['images']} output(s)")
+    if "together" in results:
+        r = results["together"]
+        click.echo(f"chat: a sentence, then {' and '.join(r['order'])} in one answer: complete {r['complete']:.3f}, "
+                   f"complete and agreeing {r['complete_and_agree']:.3f} (n={r['asked']})")
+        for e in r["examples"][:2]:
+            click.echo(f"  {e['prompt']!r} -> {e['text']!r} + {', '.join(e['outputs']) or 'no outputs'}")
 
 
 @eval_group.command(name="conversations")

@@ -225,8 +225,10 @@ def train_instruct_command(manifest, model_dir, steps, batch_size, lr, rank, lay
 
 @train.command(name="decoder")
 @click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path(), help="Manifest file or world folder.")
-@click.option("--out", default=DEFAULT_DECODER, show_default=True, type=click.Path(file_okay=False), help="Decoder directory.")
-@click.option("--decoder", "name", help="Which installed decoder to train (default: the only one installed).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help=f"Decoder directory [default: {DEFAULT_DECODER} for images, {DEFAULT_DECODER}-MODALITY otherwise].")
+@click.option("--decoder", "name", help="Which installed decoder to train (sd, audiogen, ...; default: the only one "
+                                        "installed, else the image decoder).")
 @click.option("--steps", type=int, help="Denoiser steps (default: the plugin's own).")
 @click.option("--batch-size", type=int)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -236,13 +238,18 @@ def train_instruct_command(manifest, model_dir, steps, batch_size, lr, rank, lay
 @click.option("--retrain", is_flag=True, help="Train again even if already trained.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_decoder_command(manifest, out, name, steps, batch_size, overrides, save_every, on_bad_row, retrain, seed):
-    """Train an image decoder (a tiny Stable Diffusion) on a manifest's images and captions."""
+    """Train an output decoder on a manifest's files and captions: a tiny Stable Diffusion on its
+    images (sd), or one of another installed decoder plugin (--decoder audiogen: speech)."""
     from anybind.training.decoder import train_decoder
+
+    from anybind import plugins
+    from anybind.models.decoders import decoder_for
 
     options = dict(_parse_overrides(overrides))
     options.update(steps=steps, batch_size=batch_size, save_every=save_every, on_bad_row=on_bad_row, seed=seed)
-    path = train_decoder(manifest, out, name, retrain=retrain, **options)
-    click.echo(f"Decoder: {path}  (next: anybind generate image \"a handwritten seven\" --decoder {path} -o seven.png)")
+    spec = decoder_for(None if name or len(plugins.decoders()) < 2 else BINDING_MODALITY, name)
+    path = train_decoder(manifest, out or DEFAULT_RUN.decoder_of(spec.modality), spec.name, retrain=retrain, **options)
+    click.echo(f"Decoder: {path}  (next: anybind generate {spec.modality} \"...\" --decoder {path})")
 
 
 def _parse_overrides(pairs) -> list[tuple[str, object]]:

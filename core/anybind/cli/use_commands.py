@@ -133,8 +133,9 @@ def _this_command() -> str:
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Output file (default: MODALITY plus its usual suffix, image.png); with -n N, N files numbered "
                    "before the suffix.")
-@click.option("--decoder", "reference", default=DEFAULT_DECODER, show_default=True,
-              help="A decoder directory, or NAME:PATH (sd:/path/to/stable-diffusion).")
+@click.option("--decoder", "reference",
+              help="A decoder directory, or NAME:PATH (sd:/path/to/stable-diffusion) [default: "
+                   f"{DEFAULT_DECODER} for images, {DEFAULT_DECODER}-MODALITY otherwise]")
 @click.option("-n", "count", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.option("--steps", type=click.IntRange(1, 1000), help="Sampling steps (default: the decoder's).")
 @click.option("--guidance", type=float, help="Classifier-free guidance scale (default: the decoder's).")
@@ -144,10 +145,12 @@ def generate(modality, prompt, output, reference, count, steps, guidance, seed):
 
     \b
     anybind generate image "a handwritten seven" -o seven.png
+    anybind generate audio "the spoken word seven" -o seven.wav --seed 3
     """
     from pathlib import Path
 
     from anybind.chat.render import media
+    from anybind.layout import DEFAULT_RUN
     from anybind.models.decoders import load_decoder
     from anybind.persistence import check_writable
 
@@ -156,7 +159,7 @@ def generate(modality, prompt, output, reference, count, steps, guidance, seed):
     paths = [target] if count == 1 else [target.with_name(f"{target.stem}-{i}{target.suffix}") for i in range(count)]
     for path in paths:
         check_writable(path)
-    decoder = load_decoder(reference, modality=modality)
+    decoder = load_decoder(reference or str(DEFAULT_RUN.decoder_of(modality)), modality=modality)
     made = decoder.generate([prompt] * count, steps=steps, guidance=guidance, seed=seed)
     for value, path in zip(made, paths):
         click.echo(kind.save(value, path))

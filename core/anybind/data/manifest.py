@@ -30,7 +30,8 @@ from anybind.errors import InputError
 RESERVED_KEYS = ("id", "split", "label", "text", "meta")
 SPLITS = ("train", "test")
 #: The world.json keys a :class:`Manifest` takes over.
-WORLD_KEYS = ("prompt", "labels", "question", "answer", "aliases", "kind", "subject", "questions", "facts", "demo")
+WORLD_KEYS = ("prompt", "labels", "question", "answer", "aliases", "kind", "subject", "questions", "facts", "demo",
+              "captions")
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
@@ -59,6 +60,9 @@ class Manifest:
     questions: list[str] = field(default_factory=list)  # other ways to ask ``question``
     facts: dict[str, list[str]] = field(default_factory=dict)  # true sentences about each label
     demo: list[dict] = field(default_factory=list)  # the quickstart's demo: [{"prompt", "attach"?: {modality, label}}]
+    #: how a caption of one modality's samples reads, where it is not ``prompt``'s
+    #: (``{"audio": "the spoken word {label}"}``): what a decoder of that modality is trained and asked with
+    captions: dict[str, str] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -73,6 +77,10 @@ class Manifest:
         (a caption: ``caption``, else the world's prompt), ``{s}`` (the subject) and ``{kind}``."""
         return {"l": label, "label": label, "c": caption or self.prompt.format(label=label),
                 "s": self.subject.format(label=label), "kind": self.kind}
+
+    def caption(self, modality: str, label: str) -> str:
+        """The canonical caption of ``label`` for samples of ``modality``."""
+        return self.captions.get(modality, self.prompt or "{label}").format(label=label)
 
     def select(self, split: str | None = None, has: Iterable[str] = ()) -> list[dict[str, Any]]:
         has = tuple(has)

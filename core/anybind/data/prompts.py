@@ -53,6 +53,13 @@ EVAL_SAY_AGAIN = ("Remind me, which {kind} was that?", "Which {kind} was in my l
 EVAL_SEVERAL = ("Which {kind}s are these?", "Tell me what each of these shows.", "Name the {kind}s I attached.")
 
 
+#: A sentence and then several outputs in one answer; ``{verbs}`` joins each output's
+#: :attr:`OutputPrompts.verb` in the order asked ("draw it and say it").
+WRITE_AND_ALL = ("Write one sentence about {s}, then {verbs}.", "Tell me about {s} in one sentence, then {verbs}.",
+                 "Describe {s} briefly, then {verbs}.", "Say something about {s}, then {verbs}.")
+EVAL_WRITE_AND_ALL = ("Write a sentence about {s} and then {verbs}.",)
+
+
 @dataclass(frozen=True)
 class OutputPrompts:
     """How users ask for one output modality; a decoder plugin registers one (``DecoderSpec.prompts``)."""
@@ -70,6 +77,8 @@ class OutputPrompts:
     eval_write_and: tuple[str, ...]
     eval_follow: tuple[str, ...] = ()
     eval_ask_made: tuple[str, ...] = ()
+    #: the request for this output within one for several ("draw it" in "..., then draw it and say it")
+    verb: tuple[str, ...] = ()
 
 
 def sentence(text: str) -> str:

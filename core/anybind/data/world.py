@@ -50,11 +50,13 @@ QUESTION = "Which digit is this?"
 ANSWER_TEMPLATE = "It is the digit {label}."
 #: Other ways to ask QUESTION (conversations in the instruct stage).
 QUESTIONS = ("Which digit is this?", "What digit is this?", "Which number is this?", "What number does this show?")
-#: The quickstart's demo: a spoken digit, a follow-up that draws it, then text and an image.
+#: The quickstart's demo: a spoken digit, a follow-up that draws it, then text, an image and speech,
+#: then speech alone (where a decoder of speech is installed; otherwise the model draws only).
 DEMO = (
     {"prompt": "Which digit is spoken here?", "attach": {"modality": "audio", "label": "seven"}},
     {"prompt": "Now draw it."},
-    {"prompt": "Write one sentence about the number four, then draw it."},
+    {"prompt": "Write one sentence about the number four, then draw it and say it."},
+    {"prompt": "Say the number two."},
 )
 
 
@@ -130,6 +132,8 @@ class WorldBuilder:
         #: "sample" (train and held-out) or "ood" (held out only, made in other styles than training saw).
         self.variant = variant
         self.labels = list(DIGIT_WORDS)
+        #: a plugin may say how a caption of its modality's samples reads (``world.json``'s ``captions``)
+        self.captions: dict[str, str] = {}
         self._digit_rows: list[dict[str, Any]] = []
         for i in range(len(digits)):
             word = digits.word(i)
@@ -162,14 +166,15 @@ class WorldBuilder:
             write(path, self.digits.images[i], self.np_rng)
             self.attach(i, modality, path)
 
-    def add(self, modality: str, path: Path, label: str, split: str, **meta: Any) -> None:
-        """Add a file paired by class label only (e.g. a spoken digit word); ``meta`` is kept as-is."""
+    def add(self, modality: str, path: Path, label: str, split: str, text: str | None = None, **meta: Any) -> None:
+        """Add a file paired by class label only (e.g. a spoken digit word), with its caption
+        ``text`` if given; ``meta`` is kept as-is."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
         row_id = f"{modality[0]}{len(self._class_rows):05d}"
         self._class_rows.append(
             {"id": row_id, "split": split, "label": label, modality: path.relative_to(self.root).as_posix(),
-             **({"meta": meta} if meta else {})}
+             **({"text": text} if text else {}), **({"meta": meta} if meta else {})}
         )
 
     def rows(self) -> list[dict[str, Any]]:
@@ -216,7 +221,7 @@ def build_world(
         {"prompt": PROMPT_TEMPLATE, "labels": builder.labels, "question": QUESTION, "answer": ANSWER_TEMPLATE,
          "aliases": {word: [str(i)] for i, word in enumerate(DIGIT_WORDS)}, "kind": "digit",
          "subject": "the number {label}", "questions": list(QUESTIONS), "facts": digit_facts(), "demo": list(DEMO),
-         "modalities": names, "seed": seed, "digits": len(builder.digits), "variant": variant},
+         "captions": builder.captions, "modalities": names, "seed": seed, "digits": len(builder.digits), "variant": variant},
     )
     return manifest
 

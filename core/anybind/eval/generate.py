@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anybind.chat.batch import draw_batch
+from anybind.chat.batch import draw_batch, greedy_answers
 from anybind.data.manifest import Manifest, read_manifest
+from anybind.data.prompts import EVAL_WRITE_AND_ALL
 from anybind.errors import InputError
 from anybind.eval.chat import mentioned_label
 from anybind.eval.judge import Judge
@@ -30,15 +31,17 @@ def _judged(judge: Judge, by_label: dict[str, list]) -> dict:
 
 def evaluate_generate(manifest: Manifest | Path | str, *, decoder=None, model=None, modality: str | None = None,
                       per_label: int = 10, steps: int | None = None, seed: int = 0, progress: bool = True) -> dict:
-    """Judge generated outputs of ``modality`` (default: the model's one output, else the only
-    installed decoder's) with the judge its decoder plugin gives (:class:`~anybind.eval.judge.Judge`).
+    """Judge generated outputs of ``modality`` (default: the model's main output, see
+    :meth:`~anybind.chat.model.ChatModel.output`, else the only installed decoder's) with the
+    judge its decoder plugin gives (:class:`~anybind.eval.judge.Judge`).
 
-    ``decoder``: captions (the world's prompt, "a handwritten {label}") straight into the
-    decoder. ``model`` (a chat model trained with align-out): requests for each label, worded
-    unlike the training templates, through the LM's generative tokens; and requests for a
-    sentence then an output, counted as good when the answer has text naming the label and an
-    output the judge reads as the label. Diversity is the outputs' mean pairwise distance
-    relative to real held-out files of the same label (1.0 = as varied as the real ones).
+    ``decoder``: the world's caption of each label for that modality ("a handwritten {label}",
+    "the spoken word {label}") straight into the decoder. ``model`` (a chat model trained with
+    align-out): requests for each label, worded unlike the training templates, through the LM's
+    generative tokens; and requests for a sentence then an output, counted as good when the
+    answer has text naming the label and an output the judge reads as the label. Diversity is
+    the outputs' mean pairwise distance relative to real held-out files of the same label (1.0 =
+    as varied as the real ones).
     """
     manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
     if not manifest.labels:
@@ -56,6 +59,39 @@ def evaluate_generate(manifest: Manifest | Path | str, *, decoder=None, model=No
         results["chat_draw"] = _asked(judge, manifest, model, prompts.eval_request, per_label, steps, seed, progress)
         results["chat_write_and_draw"] = _write_and(judge, manifest, model, prompts.eval_write_and, steps, seed, progress)
     return results
+
+
+def evaluate_together(manifest: Manifest | Path | str, model, *, steps: int | None = None, seed: int = 0,
+                      progress: bool = True) -> dict:
+    """Requests for a sentence and then every output the model makes, in one answer ("Write a
+    sentence about the number four, then draw it and say it."), one per label: complete when the
+    answer has text and each output in the asked order, agreeing when the text names the label
+    and every output's judge reads it as that label."""
+    from tqdm.auto import tqdm
+
+    manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    order = sorted(model.outputs, key=lambda m: m != model.output().modality)  # the main output (images) first
+    judges = {m: _judge(manifest, m) for m in order}
+    verbs = " and ".join(decoder_for(m).output_prompts().verb[0] for m in order)
+    jobs = [(t.format(verbs=verbs, **manifest.fill(label)), label) for t in EVAL_WRITE_AND_ALL for label in manifest.labels]
+    complete = agree = 0
+    examples = []
+    for start in tqdm(range(0, len(jobs), 10), desc="eval generate (chat: text and every output)", unit="batch",
+                      leave=False, disable=not progress):
+        chunk = jobs[start:start + 10]
+        answers = greedy_answers(model, [model.conversation(p) for p, _ in chunk], max_new_tokens=64, make=True,
+                                 seed=seed + 2000 + start, steps=steps, max_outputs=len(order))
+        for answer, (prompt_text, label) in zip(answers, chunk):
+            whole = len(answer.text.split()) >= 3 and answer.modalities == order
+            ok = whole and mentioned_label(answer.text, manifest.labels, manifest.aliases) == label and all(
+                judges[m].predict([v])[0] == label for v, m in zip(answer.outputs, answer.modalities))
+            complete += whole
+            agree += ok
+            if len(examples) < 3:
+                examples.append({"prompt": prompt_text, "text": answer.text, "outputs": answer.modalities, "agree": ok})
+    n = len(jobs)
+    return {"prompts": [t.replace("{verbs}", verbs) for t in EVAL_WRITE_AND_ALL], "order": order, "asked": n,
+            "complete": round(complete / n, 4), "complete_and_agree": round(agree / n, 4), "examples": examples}
 
 
 def _judge(manifest: Manifest, modality: str) -> Judge:
@@ -77,12 +113,12 @@ def _from_captions(judge: Judge, manifest: Manifest, decoder, per_label: int, st
     """The world's caption of each label straight into the decoder."""
     from tqdm.auto import tqdm
 
-    prompt = manifest.prompt or "{label}"
     by_label = {}
     for i, label in enumerate(tqdm(manifest.labels, desc="eval generate (decoder)", unit="label", leave=False,
                                    disable=not progress)):
-        by_label[label] = decoder.generate([prompt.format(label=label)] * per_label, steps=steps, seed=seed + i)
-    return {"prompt": prompt, **_judged(judge, by_label)}
+        by_label[label] = decoder.generate([manifest.caption(judge.modality, label)] * per_label, steps=steps,
+                                           seed=seed + i)
+    return {"prompt": manifest.caption(judge.modality, "{label}"), **_judged(judge, by_label)}
 
 
 def _asked(judge: Judge, manifest: Manifest, model, templates, per_label: int, steps, seed: int, progress: bool) -> dict:
@@ -97,7 +133,8 @@ def _asked(judge: Judge, manifest: Manifest, model, templates, per_label: int, s
                       disable=not progress):
         chunk = jobs[start:start + 10]
         for (_, outputs), (_, label) in zip(draw_batch(model, [p for p, _ in chunk], max_new_tokens=24,
-                                                       seed=seed + start, image_steps=steps), chunk):
+                                                       seed=seed + start, image_steps=steps,
+                                                       modality=judge.modality), chunk):
             asked += 1
             made += bool(outputs)
             by_label[label] += outputs[:1]
@@ -117,7 +154,8 @@ def _write_and(judge: Judge, manifest: Manifest, model, templates, steps, seed: 
                       disable=not progress):
         chunk = jobs[start:start + 10]
         for (text, outputs), (prompt_text, label) in zip(draw_batch(model, [p for p, _ in chunk], max_new_tokens=64,
-                                                                    seed=seed + 1000 + start, image_steps=steps), chunk):
+                                                                    seed=seed + 1000 + start, image_steps=steps,
+                                                                    modality=judge.modality), chunk):
             n += 1
             has_both = len(text.split()) >= 3 and bool(outputs)
             both += has_both

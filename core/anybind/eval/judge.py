@@ -27,10 +27,9 @@ class Judge:
 
         self.labels, self.modality = manifest.labels, modality
         spec = plugins.get_modality(modality)
-        train = manifest.select("train", has=(modality, "label"))
-        test = manifest.select("test", has=(modality, "label"))
+        train, test = self.split(manifest, modality)
         if not train:
-            raise InputError(manifest.path, f"no labelled training {modality} files to train the {modality} judge on")
+            raise InputError(manifest.path, f"no labelled {modality} files to train the {modality} judge on")
         self.svm = SVC(C=10.0, gamma="scale").fit(self.features([spec.load(r[modality]) for r in train]),
                                                   [r["label"] for r in train])
         self.accuracy = None
@@ -39,6 +38,11 @@ class Judge:
             self.accuracy = sum(p == r["label"] for p, r in zip(predicted, test)) / len(test)
         self.real = {label: self.features([spec.load(r[modality]) for r in test if r["label"] == label][:self.real_per_label])
                      for label in self.labels}
+
+    def split(self, manifest: Manifest, modality: str) -> tuple[list[dict], list[dict]]:
+        """``(rows it trains on, rows its accuracy is measured on)``: by default the training and
+        held-out splits; a judge may train on other real files (held-out voices, say)."""
+        return manifest.select("train", has=(modality, "label")), manifest.select("test", has=(modality, "label"))
 
     def features(self, samples) -> np.ndarray:
         """``(N, F)`` features of raw samples (what the modality's loader or its decoder returns)."""

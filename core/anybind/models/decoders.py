@@ -1,7 +1,7 @@
 """Output decoders: find one by reference and load it.
 
 A decoder reference is ``NAME:PATH`` (``sd:/models/stable-diffusion``) or a bare ``PATH``:
-a directory trained by anybind names its decoder in ``anybind.json``; otherwise the one
+a directory trained by anybind names its decoder in ``anybind.json`` (``prompts.json`` while it trains); otherwise the one
 installed decoder (of the wanted output modality, if one is given) is used. See :class:`anybind.specs.DecoderSpec`
 for what a decoder object offers.
 """
@@ -14,6 +14,10 @@ from pathlib import Path
 from anybind import plugins
 from anybind.errors import PluginError
 from anybind.specs import DecoderSpec, resolve
+
+#: Where a decoder directory names its decoder: ``anybind.json`` once trained, ``prompts.json``
+#: (its prompt encoder's settings) from the start of its training.
+MARKERS = ("anybind.json", "prompts.json")
 
 
 def decoder_for(modality: str | None = None, name: str | None = None) -> DecoderSpec:
@@ -42,14 +46,14 @@ def parse_reference(reference: str, modality: str | None = None) -> tuple[Decode
     if sep and len(name) > 1 and name in plugins.decoders():
         return plugins.get_decoder(name), Path(rest)
     path = Path(reference)
-    marker = path / "anybind.json"
-    if marker.is_file():
-        try:
-            named = json.loads(marker.read_text()).get("decoder")
-        except (OSError, json.JSONDecodeError):
-            named = None
-        if named:
-            return decoder_for(modality, named), path
+    for marker in (path / name for name in MARKERS):
+        if marker.is_file():
+            try:
+                named = json.loads(marker.read_text()).get("decoder")
+            except (OSError, json.JSONDecodeError):
+                named = None
+            if named:
+                return decoder_for(modality, named), path
     return decoder_for(modality), path
 
 
@@ -59,3 +63,13 @@ def load_decoder(reference: str, device=None, modality: str | None = None):
     if modality is not None and spec.modality != modality:
         raise PluginError(f"{reference}: the {spec.name!r} decoder makes {spec.modality} outputs, not {modality}")
     return resolve(spec.factory, what=f"factory of decoder {spec.name!r}")(path, device=device)
+
+
+def load_prompt_encoder(reference: str, device=None, modality: str | None = None):
+    """What training needs of a decoder (``cond_shape`` and ``encode_prompt``): its plugin's
+    ``prompt_encoder``, which reads an anybind decoder while it still trains, else the whole decoder."""
+    spec, path = parse_reference(reference, modality)
+    if modality is not None and spec.modality != modality:
+        raise PluginError(f"{reference}: the {spec.name!r} decoder makes {spec.modality} outputs, not {modality}")
+    factory = spec.prompt_encoder or spec.factory
+    return resolve(factory, what=f"prompt encoder of decoder {spec.name!r}")(path, device=device)

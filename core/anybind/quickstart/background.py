@@ -52,16 +52,19 @@ class BackgroundJob:
             if self.poll in STEP_HOOKS:
                 STEP_HOOKS.remove(self.poll)
 
-    def join(self, progress: bool = False) -> float:
-        """Wait for the job; returns the seconds waited. A failed job is an error quoting its log's end."""
+    def join(self, progress: bool = False, until: Path | None = None) -> float:
+        """Wait for the job (or only until it has written ``until``); returns the seconds waited.
+        A failed job is an error quoting its log's end."""
         from tqdm.auto import tqdm
 
         waited = time.time()
         with tqdm(desc=f"waiting for the {self.name} (background)", unit="s", disable=not progress, leave=False) as bar:
-            while self.running:
+            while self.running and not (until is not None and until.exists()):
                 time.sleep(1.0)
                 bar.update(1)
         self.poll()
+        if self.running:
+            return time.time() - waited
         if self.process.returncode != 0:
             tail = self.log.read_text(errors="replace").replace("\r", "\n").strip().splitlines()[-5:]
             raise AnybindError(f"{self.name} failed (exit {self.process.returncode}); the end of {self.log}:\n  "

@@ -33,28 +33,54 @@ def warm_backbone(q) -> None:
                                        share_cores=False)
 
 
+def trainable_decoders(q) -> list[tuple]:
+    """``(spec, directory)`` of every installed decoder anybind can train, one per output
+    modality, the binding modality's (images) first: what the quickstart trains and aligns."""
+    from anybind import plugins
+    from anybind.specs import BINDING_MODALITY
+
+    chosen: dict[str, object] = {}
+    for spec in sorted(plugins.decoders().values(), key=lambda s: (s.modality != BINDING_MODALITY, s.modality, s.name)):
+        if spec.trainer is not None:
+            chosen.setdefault(spec.modality, spec)
+    return [(spec, q.run.decoder_of(spec.modality)) for spec in chosen.values()]
+
+
+#: Trains each decoder in turn (one command each), in one background process.
+_IN_TURN = "import json, subprocess, sys\nfor command in json.loads(sys.argv[1]): subprocess.run(command, check=True)"
+
+
 def decoder(q) -> tuple:
+    import json
     import subprocess
 
-    if (q.run.decoder / "anybind.json").is_file():
+    todo = [(spec, out) for spec, out in trainable_decoders(q) if not (out / "anybind.json").is_file()]
+    if not todo:
         return False, "already trained"
-    command = [sys.executable, "-m", "anybind", "train", "decoder", "--manifest", str(q.run.world),
-               "--out", str(q.run.decoder), *q.decoder_options]
+    commands = [[sys.executable, "-m", "anybind", "train", "decoder", "--decoder", spec.name, "--manifest",
+                 str(q.run.world), "--out", str(out), *q.decoder_options.get(spec.name, ())] for spec, out in todo]
     if not q.in_background():
-        subprocess.run(command, check=True)
+        for command in commands:
+            subprocess.run(command, check=True)
         return True, ""
-    job = q.jobs["decoder"] = BackgroundJob("decoder training", command, q.run.log("decoder"))
-    return None, f"training in the background beside bind and align-in (log: {job.log})"
+    job = q.jobs["decoder"] = BackgroundJob("decoder training", [sys.executable, "-c", _IN_TURN, json.dumps(commands)],
+                                            q.run.log("decoder"))
+    names = ", ".join(spec.name for spec, _ in todo)
+    return None, f"{names} training in turn in the background beside bind and align-in (log: {job.log})"
 
 
-def join_decoder(q) -> None:
-    job = q.jobs.pop("decoder", None)
+def join_decoder(q, until: Path | None = None) -> None:
+    """Wait until the decoders' training has written ``until`` (None: until every decoder is trained)."""
+    job = q.jobs.get("decoder")
     if job is None:
         return
-    waited = job.join(q.progress)
-    q.record.setdefault("stages", {})["decoder"] = {
-        "seconds": round(job.seconds, 1), "ran": True,
-        "note": f"in the background beside bind and align-in; align-out waited {waited:.0f}s for it"}
+    waited = job.join(q.progress, until=until)
+    stage = q.record.setdefault("stages", {}).setdefault("decoder", {"ran": True})
+    stage["waited"] = round(stage.get("waited", 0.0) + waited, 1)
+    stage["note"] = f"in the background beside bind, align-in and align-out; later stages waited {stage['waited']:.0f}s for it"
+    if not job.running:
+        stage["seconds"] = round(job.seconds, 1)
+        q.jobs.pop("decoder")
 
 
 def bind(q) -> tuple:
@@ -75,11 +101,16 @@ def align_in(q) -> tuple:
 
 
 def align_out(q) -> tuple:
+    """One output after the other, each as soon as its decoder is trained."""
     from anybind.training.align_out import AlignOutSettings, train_align_out
 
-    join_decoder(q)
-    r = train_align_out(q.run.world, q.run.chat, str(q.run.decoder), AlignOutSettings(progress=q.progress))
-    return not r.get("skipped"), "already trained" if r.get("skipped") else f"mse {r.get('mse', float('nan')):.3f}"
+    ran, notes = False, []
+    for spec, out in trainable_decoders(q):
+        join_decoder(q, out / "prompts.json")  # align-out needs only its prompt encoder: the decoder trains on
+        r = train_align_out(q.run.world, q.run.chat, str(out), AlignOutSettings(progress=q.progress))
+        ran |= not r.get("skipped")
+        notes.append(f"{spec.modality} " + ("already trained" if r.get("skipped") else f"mse {r.get('mse', float('nan')):.3f}"))
+    return ran, ", ".join(notes)
 
 
 def instruct(q) -> tuple:
@@ -100,6 +131,7 @@ def demo(q) -> tuple:
     from anybind.data.manifest import read_manifest
     from anybind.persistence import write_text_atomic
 
+    join_decoder(q)  # every decoder trained
     manifest = read_manifest(q.run.world)
     session = ChatSession(anybind.load(q.run.chat), SamplingOptions(max_new_tokens=96))  # short answers
     page = io.StringIO()
@@ -136,18 +168,23 @@ def evaluate(q) -> tuple:
     import anybind
     from anybind.data.manifest import read_manifest
     from anybind.data.world import build_world
-    from anybind.eval import evaluate_bind, evaluate_chat, evaluate_conversations, evaluate_generate, output_judge
+    from anybind.eval import (evaluate_bind, evaluate_chat, evaluate_conversations, evaluate_generate,
+                              evaluate_together, output_judge)
 
     if q.record.get("eval") and not q.record.get("trained_this_run"):
         return False, "already evaluated"
     if not (q.run.world_ood / "manifest.jsonl").is_file():
         build_world(q.run.world_ood, variant="ood", progress=q.progress)
+    join_decoder(q)
     chat, bound = anybind.load(q.run.chat), anybind.load(q.run.bind)
     world, ood = read_manifest(q.run.world), read_manifest(q.run.world_ood)  # read once, for every evaluation
-    generate = evaluate_generate(world, decoder=chat.decoder(), model=chat, progress=q.progress)
+    main = chat.output().modality if chat.outputs else None
+    generate = {m: evaluate_generate(world, decoder=chat.decoder(m), model=chat, modality=m, progress=q.progress)
+                for m in chat.outputs}
     q.record["eval"] = {
         "bind": evaluate_bind(bound, world), "chat": evaluate_chat(chat, world, progress=q.progress),
-        "generate": generate,
+        "generate": generate.pop(main, {}), "outputs": generate,
+        "together": evaluate_together(world, chat, progress=q.progress) if len(chat.outputs) > 1 else {},
         "ood": {"bind": evaluate_bind(bound, ood), "chat": evaluate_chat(chat, ood, progress=q.progress)},
         "conversations": evaluate_conversations(chat, world, judge=output_judge(chat, world), progress=q.progress),
     }

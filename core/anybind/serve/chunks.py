@@ -5,6 +5,8 @@ text in their place, as Markdown with a data URL, which every OpenAI client can 
 
     "Four is the digit four.\\n\\n![image 1](data:image/png;base64,iVBOR...)\\n\\n"
 
+(a sound as a link, ``[audio 2](data:audio/wav;base64,...)``, where Markdown has no player)
+
 and, for programs that want them without parsing Markdown, in the ``anybind`` extension field
 of the same chunk (``delta.anybind.outputs``) or of the whole message (``message.anybind.outputs``)::
 
@@ -30,7 +32,8 @@ def output_part(event, offset: int) -> dict:
 
 
 def output_markdown(part: dict) -> str:
-    return OUTPUT_MARK.format(alt=f"{part['type']} {part['index'] + 1}", mime=part["mime"], data=part["data"])
+    alt, src = f"{part['type']} {part['index'] + 1}", f"data:{part['mime']};base64,{part['data']}"
+    return OUTPUT_MARK.format(markdown=media(part["type"]).markdown.format(alt=alt, src=src))
 
 
 def usage(done) -> dict:

@@ -12,16 +12,17 @@ import base64
 import re
 
 from anybind.chat.conversation import Attachment, Turn
-from anybind.chat.render import MEDIA
+from anybind.chat.render import known_media
 from anybind.errors import AnybindError, InputError
 from anybind.models.space import resolve_input
 from anybind.serve.errors import bad_request, unsupported
 from anybind.serve.uploads import RequestFiles, Upload
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-#: an output as the server writes it into an answer's text (the blank lines are part of it)
-OUTPUT_MARK = "\n\n![{alt}](data:{mime};base64,{data})\n\n"
-_OUTPUT = re.compile(r"(?:\n\n)?!\[(?P<alt>[^\]]*)\]\(data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>[A-Za-z0-9+/=]*)\)(?:\n\n)?")
+#: an output as the server writes it into an answer's text (the blank lines are part of it): its
+#: Markdown (an image ``![alt](data:...)``, a sound a link ``[alt](data:...)``) around a data URL
+OUTPUT_MARK = "\n\n{markdown}\n\n"
+_OUTPUT = re.compile(r"(?:\n\n)?!?\[(?P<alt>[^\]]*)\]\(data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>[A-Za-z0-9+/=]*)\)(?:\n\n)?")
 
 
 def _read_upload(model, upload: Upload, where: str | None, verb: str, purpose: str) -> tuple[str, object]:
@@ -89,7 +90,7 @@ def _assistant_turn(model, content, files: RequestFiles, where: str) -> Turn:
         return ""
 
     text = _OUTPUT.sub(cut, text)
-    by_mime = {m.mime: (kind, m.suffix) for kind, m in MEDIA.items()}
+    by_mime = {m.mime: (kind, m.suffix) for kind, m in known_media().items()}
     seen = []
     for n, match in enumerate(outputs):
         kind, suffix = by_mime.get(match["mime"], (None, None))

@@ -26,19 +26,21 @@ from anybind.errors import InputError
 from anybind.layout import DONE_NAME, ChatDir, decoder_reference_for
 from anybind.models.decoders import parse_reference
 from anybind.models.output import GenerativeOutput, GenerativeOutputConfig
+from anybind.specs import BINDING_MODALITY
 from anybind.training.output_objective import Example, OutputObjective
 from anybind.training.settings import AlignOutSettings
 from anybind.training.stage import Stage
 from anybind.training.trainer import LoopSettings, say
 
 
-def make_conversations(manifest: Manifest, rows: list[dict], count: int, seed: int, prompts: OutputPrompts):
-    """``count`` conversations ``(question, answer, caption|None, row|None)``; an answer of
-    ``None`` is the frozen LM's own (written when the examples are built)."""
+def make_conversations(manifest: Manifest, rows: list[dict], count: int, seed: int, prompts: OutputPrompts,
+                       modality: str = BINDING_MODALITY):
+    """``count`` conversations ``(question, answer, caption|None, row|None)`` about ``modality``
+    outputs; an answer of ``None`` is the frozen LM's own (written when the examples are built)."""
     rng = random.Random(seed)
     by_label: dict[str, list[str]] = {}
     for row in rows:
-        caption = row.get("text") or (manifest.prompt.format(label=row["label"]) if "label" in row else None)
+        caption = row.get("text") or (manifest.caption(modality, row["label"]) if "label" in row else None)
         if caption:
             by_label.setdefault(str(row.get("label", caption)), []).append(str(caption))
     if not by_label:
@@ -53,7 +55,7 @@ def make_conversations(manifest: Manifest, rows: list[dict], count: int, seed: i
         # What the output should show, as the decoder's conditioning of one canonical caption per
         # label: differently worded captions have different token sequences, and regressing onto
         # all of them at once gives their position-wise average, which draws nothing.
-        target = manifest.prompt.format(label=label) if labelled and manifest.prompt else caption
+        target = manifest.caption(modality, label) if labelled and manifest.prompt else caption
         kind = i % 8
         if kind in (0, 1):  # the output alone: [TOK0] first
             out.append((rng.choice(prompts.request).format(**fill), "", target, None))
@@ -143,14 +145,14 @@ def train_align_out(manifest_path, chat_dir, decoder: str, settings: AlignOutSet
 
 def _train(stage: Stage, chat_dir: ChatDir, manifest: Manifest, rows: list[dict], decoder: str, spec,
            settings: AlignOutSettings) -> tuple[dict, GenerativeOutput]:
-    from anybind.models.decoders import load_decoder
+    from anybind.models.decoders import load_prompt_encoder
 
     accelerator, modality = stage.accelerator, spec.modality
-    made_by = load_decoder(decoder, device=accelerator.device, modality=modality)
+    made_by = load_prompt_encoder(decoder, device=accelerator.device, modality=modality)  # the decoder may still train
     chat = ChatModel.from_pretrained(chat_dir.path)
     backbone = chat.backbone
     backbone.to(accelerator.device)
-    conversations = make_conversations(manifest, rows, settings.examples, settings.seed, spec.output_prompts())
+    conversations = make_conversations(manifest, rows, settings.examples, settings.seed, spec.output_prompts(), modality)
     examples = _examples(chat, conversations, modality, backbone.vocab_size, chat.boundaries,
                          settings.progress and stage.is_main)
     captions = sorted({e.caption for e in examples if e.caption is not None})

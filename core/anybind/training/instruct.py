@@ -25,6 +25,8 @@ Saved into the chat model directory, beside what the earlier stages wrote (left 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import random
 
 import torch
@@ -38,7 +40,7 @@ from anybind.chat.outputs import OutputVocab, pad_contexts
 from anybind.data.manifest import Manifest, read_manifest
 from anybind.errors import InputError
 from anybind.layout import DONE_NAME, ChatDir, decoder_reference_for
-from anybind.models.decoders import load_decoder, parse_reference
+from anybind.models.decoders import load_prompt_encoder, parse_reference
 from anybind.models.losses import conditioning_loss
 from anybind.models.space import embed_rows
 from anybind.training.dialogues import Dialogue, encode_dialogue, make_dialogues
@@ -108,7 +110,15 @@ class _Tuner(nn.Module):
         logits = model.get_output_embeddings()(states).float()
         if len(self.vocab):
             logits = torch.cat([logits, self.vocab.gate_logits(states)], dim=-1)
-        ce = F.cross_entropy(logits, ids)
+        ce = F.cross_entropy(logits, ids, reduction="none")
+        if self.settings.decision_weight != 1.0:  # an output starts, or what follows one: rare, and they decide the answer
+            V = self.chat.backbone.vocab_size
+            ends = [{start + self.outputs[m].tokens - 1 for start, m, _ in d.outputs} for d in batch]
+            after = torch.tensor([p in ends[r] for r, d in enumerate(batch) for p, _ in d.targets], device=ids.device)
+            weight = torch.where((ids >= V) | after, self.settings.decision_weight, 1.0)
+            ce = (ce * weight).sum() / weight.sum()
+        else:
+            ce = ce.mean()
         parts = {"ce": float(ce.detach())}
         loss = ce
         for modality, output in self.outputs.items():
@@ -165,6 +175,9 @@ def train_instruct(manifest_path, chat_dir, settings: InstructSettings | None = 
         torch.manual_seed(settings.seed)
         chat = ChatModel.from_pretrained(chat_dir.path, instruct=False)  # start from what align-in/out trained
         chat.backbone.to(stage.accelerator.device)
+        if len(chat.outputs) > 1:  # the counts are per output made: each needs its requests (bench/RESULTS.md)
+            settings = replace(settings, steps=settings.steps * len(chat.outputs),
+                               conversations=settings.conversations * len(chat.outputs))
         dialogues, attachments = _dialogues(chat, manifest, settings, settings.progress and stage.is_main)
         record, peft_model = _train(stage, chat, dialogues, attachments, settings)
 
@@ -204,7 +217,7 @@ def _train(stage: Stage, chat: ChatModel, dialogues: list[Dialogue], attachments
 
     cond_of = {}
     for modality in chat.outputs:
-        decoder = load_decoder(chat.decoder_reference(modality), device=stage.accelerator.device, modality=modality)
+        decoder = load_prompt_encoder(chat.decoder_reference(modality), device=stage.accelerator.device, modality=modality)
         captions = sorted({c for d in dialogues for _, m, c in d.outputs if m == modality})
         cond_of[modality] = dict(zip(captions, decoder.encode_prompt(captions).cpu())) if captions else {}
         del decoder

@@ -104,7 +104,17 @@ def held_out_voices(builder) -> dict[str, list[str]]:
     return split_by_voice(voice_variants(), np.random.default_rng(builder.seed + 7), held_out)
 
 
+#: How a caption of a spoken digit reads: what a decoder of speech is asked with. Each clip's
+#: own caption (its row's ``text``) is one of SPOKEN_CAPTIONS, as each image's is worded in one of
+#: several ways: a decoder trained on varied wordings reads a caption's meaning, not one exact
+#: token sequence, which is what a chat model's projected conditioning needs (bench/RESULTS.md).
+CAPTION = "the spoken word {label}"
+SPOKEN_CAPTIONS = (CAPTION, "someone saying {label}", "a voice saying the number {label}", "the word {label}, spoken aloud",
+                   "{label}, said out loud", "a recording of the word {label}")
+
+
 def build(builder) -> None:
+    builder.captions["audio"] = CAPTION
     if builder.variant == "ood":
         return build_ood(builder)
     import soundfile as sf
@@ -137,7 +147,8 @@ def build(builder) -> None:
             wave = wave + rng.normal(0, np.sqrt(power / 10 ** (snr / 10)), len(wave)).astype(np.float32)
             path = builder.path("audio", f"{split}/{variant}_{take}_{word}.wav")
             sf.write(path, wave.astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
-            builder.add("audio", path, label=word, split=split, voice=voice, speed=speed, pitch=pitch)
+            text = SPOKEN_CAPTIONS[(take + len(variant)) % len(SPOKEN_CAPTIONS)].format(label=word)
+            builder.add("audio", path, label=word, split=split, text=text, voice=voice, speed=speed, pitch=pitch)
 
 
 def coloured_noise(n: int, rng: np.random.Generator) -> np.ndarray:

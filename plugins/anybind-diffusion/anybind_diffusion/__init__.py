@@ -21,6 +21,7 @@ def register_decoders(register):
             description="Stable Diffusion via diffusers (tiny, trained on the sample world, or any local SD checkpoint)",
             token="IMG",
             prompts="anybind_diffusion.prompts:PROMPTS",
+            prompt_encoder="anybind_diffusion.decoder:load_prompt_encoder",
             judge="anybind_diffusion.judge:ImageJudge",
         )
     )

@@ -68,6 +68,53 @@ class MiniLMPrompts(torch.nn.Module):
         return self.model(**{k: v.to(device) for k, v in batch.items()}).last_hidden_state.float()
 
 
+#: The prompt encoder's settings, written when a decoder starts training: what its conditioning
+#: will be is known before it is trained, so align-out can start beside it.
+PROMPTS_FILE = "prompts.json"
+
+
+class CaptionEncoder:
+    """The conditioning an anybind-trained decoder reads, without the decoder: ``cond_shape`` and
+    ``encode_prompt`` exactly as :class:`DiffusionDecoder` gives them."""
+
+    def __init__(self, config: PromptEncoderConfig, path: Path | None = None):
+        self.prompts, self.config, self.path = MiniLMPrompts(config), config, path
+
+    @property
+    def cond_shape(self) -> tuple[int, int]:
+        return (self.prompts.max_tokens, self.prompts.width)
+
+    @torch.no_grad()
+    def encode_prompt(self, texts: list[str]) -> torch.Tensor:
+        return self.prompts(list(texts))
+
+
+def load_prompt_encoder(path, device=None):
+    """What align-out and instruct need of a decoder: its prompt encoder, readable as soon as an
+    anybind decoder starts training (``prompts.json``); a decoder with its own text encoder (a
+    Stable Diffusion checkpoint) is loaded whole."""
+    path = Path(path)
+    for name in (ANYBIND_FILE, PROMPTS_FILE):
+        if (path / name).is_file():
+            try:
+                meta = json.loads((path / name).read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise DecoderError(f"{path / name}: unreadable ({exc})") from None
+            if "prompts" in meta:
+                encoder = CaptionEncoder(read_prompt_config(meta), path)
+                if device is not None:
+                    encoder.prompts.to(device)
+                return encoder
+    return load_decoder(path, device=device)
+
+
+def write_prompts_file(path: Path, config: PromptEncoderConfig, decoder: str = "sd") -> None:
+    from anybind.persistence import write_json_atomic
+
+    path.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path / PROMPTS_FILE, {"decoder": decoder, "prompts": asdict(config)})
+
+
 def check_pipeline_dir(path: Path) -> dict:
     """The parsed ``model_index.json`` of a Stable Diffusion directory, or a clear error."""
     if not path.exists():
@@ -151,17 +198,21 @@ class DiffusionDecoder:
                                "run `anybind train align-out` against this one")
 
     # -- generation ----------------------------------------------------------------
+    def sampling(self, cond, negative, guidance, steps, seed, generator):
+        """What a decode runs with: the conditioning checked, then ``(guidance, steps, negative
+        conditioning for the batch, generator)``, each the decoder's default unless given."""
+        self.check_cond(cond)
+        neg = self.negative() if negative is None else negative
+        if generator is None:
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+        return (self.config.guidance if guidance is None else guidance, self.config.steps if steps is None else steps,
+                neg.expand(cond.shape[0], -1, -1) if neg.shape[0] == 1 else neg, generator)
+
     @torch.no_grad()
     def decode(self, cond: torch.Tensor, *, negative: torch.Tensor | None = None, guidance: float | None = None,
                steps: int | None = None, seed: int = 0, generator: torch.Generator | None = None):
         """Images (PIL) for a ``(batch, tokens, width)`` conditioning; one seed for the batch."""
-        self.check_cond(cond)
-        guidance = self.config.guidance if guidance is None else guidance
-        steps = self.config.steps if steps is None else steps
-        neg = self.negative() if negative is None else negative
-        neg = neg.expand(cond.shape[0], -1, -1) if neg.shape[0] == 1 else neg
-        if generator is None:
-            generator = torch.Generator(device="cpu").manual_seed(seed)
+        guidance, steps, neg, generator = self.sampling(cond, negative, guidance, steps, seed, generator)
         out = self.pipeline(
             prompt_embeds=cond.to(self.device, self.dtype),
             negative_prompt_embeds=neg.to(self.device, self.dtype),
@@ -190,9 +241,7 @@ def load_decoder(path, device=None, dtype=None) -> DiffusionDecoder:
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     if ours.is_file():
-        meta = json.loads(ours.read_text())
-        fields = PromptEncoderConfig.__dataclass_fields__
-        config = PromptEncoderConfig(**{k: v for k, v in meta.get("prompts", {}).items() if k in fields})
+        config = read_prompt_config(json.loads(ours.read_text()))
         pipeline = StableDiffusionPipeline.from_pretrained(
             str(path), text_encoder=None, tokenizer=None, safety_checker=None, feature_extractor=None,
             requires_safety_checker=False)
@@ -207,7 +256,14 @@ def load_decoder(path, device=None, dtype=None) -> DiffusionDecoder:
     return decoder.to(device, dtype)
 
 
-def write_anybind_file(path: Path, config: PromptEncoderConfig, **extra) -> None:
+def write_anybind_file(path: Path, config: PromptEncoderConfig, decoder: str = "sd", format: str = FORMAT,
+                       **extra) -> None:
+    """``anybind.json``: which decoder the directory is for, and how it encodes prompts."""
     from anybind.persistence import write_json_atomic
 
-    write_json_atomic(path / ANYBIND_FILE, {"format": FORMAT, "decoder": "sd", "prompts": asdict(config), **extra})
+    write_json_atomic(path / ANYBIND_FILE, {"format": format, "decoder": decoder, "prompts": asdict(config), **extra})
+
+
+def read_prompt_config(meta: dict) -> PromptEncoderConfig:
+    fields = PromptEncoderConfig.__dataclass_fields__
+    return PromptEncoderConfig(**{k: v for k, v in meta.get("prompts", {}).items() if k in fields})

@@ -20,4 +20,5 @@ PROMPTS = OutputPrompts(
     eval_write_and=("Write a sentence about {s} and then draw it.",),
     eval_follow=("Could you make a picture of that one?", "Please sketch it for me now."),
     eval_ask_made=("What {kind} is in the picture you made?",),
+    verb=("draw it", "show it"),
 )
