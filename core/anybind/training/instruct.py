@@ -110,15 +110,7 @@ class _Tuner(nn.Module):
         logits = model.get_output_embeddings()(states).float()
         if len(self.vocab):
             logits = torch.cat([logits, self.vocab.gate_logits(states)], dim=-1)
-        ce = F.cross_entropy(logits, ids, reduction="none")
-        if self.settings.decision_weight != 1.0:  # an output starts, or what follows one: rare, and they decide the answer
-            V = self.chat.backbone.vocab_size
-            ends = [{start + self.outputs[m].tokens - 1 for start, m, _ in d.outputs} for d in batch]
-            after = torch.tensor([p in ends[r] for r, d in enumerate(batch) for p, _ in d.targets], device=ids.device)
-            weight = torch.where((ids >= V) | after, self.settings.decision_weight, 1.0)
-            ce = (ce * weight).sum() / weight.sum()
-        else:
-            ce = ce.mean()
+        ce = F.cross_entropy(logits, ids)
         parts = {"ce": float(ce.detach())}
         loss = ce
         for modality, output in self.outputs.items():

@@ -86,9 +86,6 @@ class InstructSettings:
     # the projector drifts on the few drawings per batch: requests drawn right fell from 0.99
     # to 0.82-0.87. Each output's [TOK0] gate ("make one now?") always trains at the full rate.
     image_output_lr_scale: float = 0.0
-    # The weight of the targets that decide an answer's outputs (an output's first token, and what
-    # comes right after one: the next output, text or the end) against every other token's 1.
-    decision_weight: float = 1.0
     contrast_weight: float = 0.05  # as in align-out: each drawing's conditioning nearest its own caption
     contrast_temperature: float = 0.02
     seed: int = 0
