@@ -130,7 +130,7 @@ def test_bad_speech_decoders_fail_clearly(speech_decoder, decoder_dir, tmp_path)
     assert proc.returncode == 1 and "makes audio outputs, not image" in proc.stderr
 
 
-def test_a_chat_model_speaks_and_every_renderer_places_the_sound(speaking_chat, tmp_path):
+def test_a_chat_model_speaks_and_every_renderer_places_the_sound(speaking_chat, small_world, tmp_path):
     from anybind.models.output import GenerativeOutput
 
     model = anybind.load(speaking_chat)
@@ -142,10 +142,16 @@ def test_a_chat_model_speaks_and_every_renderer_places_the_sound(speaking_chat, 
         gen = GenerativeOutput.from_pretrained(speaks / name)
         gen.set_logit_offset(offset)
         gen.save_pretrained(speaks / name)
-    events = list(anybind.load(speaks).generate("Say the number seven.", max_new_tokens=6, max_images=1, image_steps=2))
+    speaker = anybind.load(speaks)
+    events = list(speaker.generate("Say the number seven.", max_new_tokens=6, max_images=1, image_steps=2))
     assert events[0].type == "audio" and isinstance(events[0], OutputEvent) and isinstance(events[-1], DoneEvent)
     clip = events[0].value
     assert clip.sample_rate == 16_000 and clip.samples.dtype == np.float32 and len(clip.samples) == 16 * 352
+    # a later turn reads what it said as an audio attachment
+    from anybind.eval import evaluate_conversations
+
+    talk = evaluate_conversations(speaker, read_manifest(small_world), conversations=3, max_new_tokens=6)
+    assert talk["conversations"] == 3 and talk["behaviours"]
 
     image = anybind.load(speaking_chat).decoder("image").generate(["a handwritten four"], steps=2)[0]
     answer = [TextEvent("Four is even."), OutputEvent("image", image, 0), OutputEvent("audio", clip, 1),

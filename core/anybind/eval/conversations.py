@@ -114,7 +114,7 @@ def evaluate_conversations(model, manifest: Manifest, *, conversations: int = 15
             step = scripts[i][turn]
             ok = _score(step, answer.text, answer.outputs, judge, manifest)
             scores[step.behaviour].append(ok)
-            histories[i] = conversation + [Turn("assistant", answer.text, _made(model, answer.outputs))]
+            histories[i] = conversation + [Turn("assistant", answer.text, _made(model, answer))]
             if len(examples) < 6 and not ok:
                 examples.append({"behaviour": step.behaviour, "asked": step.text, "expected": list(step.labels),
                                  "answer": answer.text, "outputs": len(answer.outputs)})
@@ -123,9 +123,13 @@ def evaluate_conversations(model, manifest: Manifest, *, conversations: int = 15
             "failures": examples}
 
 
-def _made(model, outputs: list) -> list[Attachment]:
-    """What the model made, embedded like a user's attachment (so later turns can refer to it)."""
-    modality = model.output().modality if model.outputs else None
-    if not outputs or modality not in model.modalities:
-        return []
-    return [Attachment(modality, f"{modality} {i + 1}", e) for i, e in enumerate(model.embed_raw(modality, outputs))]
+def _made(model, answer) -> list[Attachment]:
+    """What the model made, each embedded like a user's attachment of its modality (so later
+    turns can refer to it); an output of a modality the model has no tower for is left out."""
+    made = []
+    for modality in dict.fromkeys(answer.modalities):
+        if modality in model.modalities:
+            values = [v for v, m in zip(answer.outputs, answer.modalities) if m == modality]
+            made += [Attachment(modality, f"{modality} {len(made) + i + 1}", e)
+                     for i, e in enumerate(model.embed_raw(modality, values))]
+    return made
