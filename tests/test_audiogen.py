@@ -150,7 +150,10 @@ def test_a_chat_model_speaks_and_every_renderer_places_the_sound(speaking_chat, 
     # a later turn reads what it said as an audio attachment
     from anybind.eval import evaluate_conversations
 
-    talk = evaluate_conversations(speaker, read_manifest(small_world), conversations=3, max_new_tokens=6)
+    from anybind.eval import output_judge
+
+    world = read_manifest(small_world)
+    talk = evaluate_conversations(speaker, world, conversations=3, max_new_tokens=6, judge=output_judge(speaker, world))
     assert talk["conversations"] == 3 and talk["behaviours"]
 
     image = anybind.load(speaking_chat).decoder("image").generate(["a handwritten four"], steps=2)[0]

@@ -112,7 +112,8 @@ def evaluate_conversations(model, manifest: Manifest, *, conversations: int = 15
         answers = greedy_answers(model, asked, max_new_tokens=max_new_tokens, make=True, seed=seed + turn)
         for i, conversation, answer in zip(active, asked, answers):
             step = scripts[i][turn]
-            ok = _score(step, answer.text, answer.outputs, judge, manifest)
+            judged = [v for v, m in zip(answer.outputs, answer.modalities) if judge is None or m == judge.modality]
+            ok = _score(step, answer.text, answer.outputs if step.behaviour == "plain" else judged, judge, manifest)
             scores[step.behaviour].append(ok)
             histories[i] = conversation + [Turn("assistant", answer.text, _made(model, answer))]
             if len(examples) < 6 and not ok:
