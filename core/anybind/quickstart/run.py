@@ -2,16 +2,18 @@
 
     world → bind → decoder → align-in → align-out → instruct → demo → eval
 
-The decoder trains in a background process (one thread) beside bind and align-in, which
-use the other core meanwhile: its small convolutions gain little from a second thread, so
-the two together finish sooner than one after the other. align-out, the first stage that
-needs the decoder, waits for it. While the world is built (which leaves a core mostly idle)
+The decoders (every installed one anybind can train: images, then e.g. speech) train in turn
+in a background process (one thread) beside bind and align-in, which use the other core
+meanwhile: their small convolutions gain little from a second thread, so the two together
+finish sooner than one after the other. align-out needs only each decoder's prompt encoder
+(its ``prompts.json``, written as its training starts), so it aligns each output while the
+decoders train on; the demo waits for all of them. While the world is built (which leaves a core mostly idle)
 another background process loads the LM backbone once, so that a backbone which converts
 its weights on first use (SmolLM2 from its GGUF) is ready in the cache when align-in starts.
 
 Everything goes under one run directory (:class:`anybind.layout.RunLayout`, default
-``runs/quickstart``), plus ``demo.html`` (the demo conversation, images inline),
-``demo-<n>.png`` and ``metrics.json`` (each stage's time, and every held-out metric).
+``runs/quickstart``), plus ``demo.html`` (the demo conversation, outputs inline),
+``demo-<n>.png`` / ``.wav`` and ``metrics.json`` (each stage's time, and every held-out metric).
 
 A stage already complete is skipped, and an interrupted stage resumes from its last
 mid-stage checkpoint, so running the quickstart again continues where it stopped.
