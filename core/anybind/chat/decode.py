@@ -132,9 +132,8 @@ def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torc
             blocked |= ~(boundaries[previous.clamp(max=len(boundaries) - 1)] | (previous >= V))
         logits[:, V:] = logits[:, V:].masked_fill(blocked[:, None], float("-inf"))
         if previous is not None:  # an output never follows itself straight away: the next one, or text
-            just_made = (previous >= V) & (previous == run_last)
-            again = torch.zeros_like(logits[:, V:], dtype=torch.bool)
-            again[just_made, (torch.searchsorted(firsts, previous, right=True) - 1).clamp(min=0)[just_made]] = True
+            just_made = (previous >= V) & (previous == run_last)  # ``owner`` is still the previous token's
+            again = torch.nn.functional.one_hot(owner.clamp(min=0), len(firsts)).bool() & just_made[:, None]
             logits[:, V:] = logits[:, V:].masked_fill(again, float("-inf"))
         token = steps.pick(logits)
         token = torch.where(token >= V, firsts[(token - V).clamp(min=0, max=len(firsts) - 1)], token)  # gate -> [TOK0]

@@ -118,7 +118,8 @@ def eval_generate_command(model_dir, modality, decoder, manifest, per_label, ste
     from pathlib import Path
 
     from anybind.chat import ChatModel
-    from anybind.eval import evaluate_generate, evaluate_together
+    from anybind.data import read_manifest
+    from anybind.eval import evaluate_generate, evaluate_together, output_judge
     from anybind.layout import DEFAULT_RUN
     from anybind.models.decoders import decoder_for, load_decoder
 
@@ -131,10 +132,12 @@ def eval_generate_command(model_dir, modality, decoder, manifest, per_label, ste
     modality = modality or (model.output().modality if model is not None else decoder_for().modality)
     loaded = model.decoder(modality) if model is not None else load_decoder(
         decoder or str(DEFAULT_RUN.decoder_of(modality)), modality=modality)
-    results = evaluate_generate(manifest, decoder=loaded, model=model, modality=modality, per_label=per_label,
-                                steps=steps, seed=seed)
+    world = read_manifest(manifest)
+    judge = output_judge(model, world, modality) if model is not None else None
+    results = evaluate_generate(world, decoder=loaded, model=model, modality=modality, per_label=per_label,
+                                steps=steps, seed=seed, judge=judge)
     if model is not None and len(model.outputs) > 1:
-        results["together"] = evaluate_together(manifest, model, steps=steps, seed=seed)
+        results["together"] = evaluate_together(world, model, steps=steps, seed=seed, judges={modality: judge})
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return

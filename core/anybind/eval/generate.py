@@ -30,7 +30,8 @@ def _judged(judge: Judge, by_label: dict[str, list]) -> dict:
 
 
 def evaluate_generate(manifest: Manifest | Path | str, *, decoder=None, model=None, modality: str | None = None,
-                      per_label: int = 10, steps: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+                      per_label: int = 10, steps: int | None = None, seed: int = 0, progress: bool = True,
+                      judge: Judge | None = None) -> dict:
     """Judge generated outputs of ``modality`` (default: the model's main output, see
     :meth:`~anybind.chat.model.ChatModel.output`, else the only installed decoder's) with the
     judge its decoder plugin gives (:class:`~anybind.eval.judge.Judge`).
@@ -41,7 +42,7 @@ def evaluate_generate(manifest: Manifest | Path | str, *, decoder=None, model=No
     generative tokens; and requests for a sentence then an output, counted as good when the
     answer has text naming the label and an output the judge reads as the label. Diversity is
     the outputs' mean pairwise distance relative to real held-out files of the same label (1.0 =
-    as varied as the real ones).
+    as varied as the real ones). ``judge``: one already trained for that modality (else it is trained here).
     """
     manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
     if not manifest.labels:
@@ -49,7 +50,7 @@ def evaluate_generate(manifest: Manifest | Path | str, *, decoder=None, model=No
     if model is not None and not model.outputs:
         model = None
     modality = modality or (model.output().modality if model is not None else decoder_for().modality)
-    judge = _judge(manifest, modality)
+    judge = judge or _judge(manifest, modality)
     results: dict = {"modality": modality,
                      "judge_accuracy_on_real": round(judge.accuracy, 4) if judge.accuracy is not None else None}
     if decoder is not None:
@@ -62,16 +63,16 @@ def evaluate_generate(manifest: Manifest | Path | str, *, decoder=None, model=No
 
 
 def evaluate_together(manifest: Manifest | Path | str, model, *, steps: int | None = None, seed: int = 0,
-                      progress: bool = True) -> dict:
+                      progress: bool = True, judges: dict[str, Judge] | None = None) -> dict:
     """Requests for a sentence and then every output the model makes, in one answer ("Write a
     sentence about the number four, then draw it and say it."), one per label: complete when the
     answer has text and each output in the asked order, agreeing when the text names the label
-    and every output's judge reads it as that label."""
+    and every output's judge reads it as that label. ``judges``: those already trained, by modality."""
     from tqdm.auto import tqdm
 
     manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
     order = sorted(model.outputs, key=lambda m: m != model.output().modality)  # the main output (images) first
-    judges = {m: _judge(manifest, m) for m in order}
+    judges = {m: (judges or {}).get(m) or _judge(manifest, m) for m in order}
     verbs = " and ".join(decoder_for(m).output_prompts().verb[0] for m in order)
     jobs = [(t.format(verbs=verbs, **manifest.fill(label)), label) for t in EVAL_WRITE_AND_ALL for label in manifest.labels]
     complete = agree = 0
@@ -101,12 +102,13 @@ def _judge(manifest: Manifest, modality: str) -> Judge:
     return resolve(spec.judge, what=f"judge of decoder {spec.name!r}")(manifest, modality)
 
 
-def output_judge(model, manifest: Manifest | Path | str) -> Judge | None:
-    """The judge of ``model``'s outputs, trained on ``manifest``'s real files (None if it makes none)."""
+def output_judge(model, manifest: Manifest | Path | str, modality: str | None = None) -> Judge | None:
+    """The judge of ``model``'s ``modality`` outputs (default: its main one), trained on
+    ``manifest``'s real files (None if it makes none)."""
     if not model.outputs:
         return None
     manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
-    return _judge(manifest, model.output().modality)
+    return _judge(manifest, model.output(modality).modality)
 
 
 def _from_captions(judge: Judge, manifest: Manifest, decoder, per_label: int, steps, seed: int, progress: bool) -> dict:

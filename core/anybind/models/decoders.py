@@ -57,19 +57,23 @@ def parse_reference(reference: str, modality: str | None = None) -> tuple[Decode
     return decoder_for(modality), path
 
 
-def load_decoder(reference: str, device=None, modality: str | None = None):
-    """Load the decoder a reference points at (see the module docstring); with ``modality``, it must make that."""
+def _making(reference: str, modality: str | None) -> tuple[DecoderSpec, Path]:
+    """``parse_reference``, and with ``modality`` the decoder must make that."""
     spec, path = parse_reference(reference, modality)
     if modality is not None and spec.modality != modality:
         raise PluginError(f"{reference}: the {spec.name!r} decoder makes {spec.modality} outputs, not {modality}")
+    return spec, path
+
+
+def load_decoder(reference: str, device=None, modality: str | None = None):
+    """Load the decoder a reference points at (see the module docstring); with ``modality``, it must make that."""
+    spec, path = _making(reference, modality)
     return resolve(spec.factory, what=f"factory of decoder {spec.name!r}")(path, device=device)
 
 
 def load_prompt_encoder(reference: str, device=None, modality: str | None = None):
     """What training needs of a decoder (``cond_shape`` and ``encode_prompt``): its plugin's
     ``prompt_encoder``, which reads an anybind decoder while it still trains, else the whole decoder."""
-    spec, path = parse_reference(reference, modality)
-    if modality is not None and spec.modality != modality:
-        raise PluginError(f"{reference}: the {spec.name!r} decoder makes {spec.modality} outputs, not {modality}")
+    spec, path = _making(reference, modality)
     factory = spec.prompt_encoder or spec.factory
     return resolve(factory, what=f"prompt encoder of decoder {spec.name!r}")(path, device=device)

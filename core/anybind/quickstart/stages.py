@@ -179,14 +179,15 @@ def evaluate(q) -> tuple:
     chat, bound = anybind.load(q.run.chat), anybind.load(q.run.bind)
     world, ood = read_manifest(q.run.world), read_manifest(q.run.world_ood)  # read once, for every evaluation
     main = chat.output().modality if chat.outputs else None
-    generate = {m: evaluate_generate(world, decoder=chat.decoder(m), model=chat, modality=m, progress=q.progress)
-                for m in chat.outputs}
+    judges = {m: output_judge(chat, world, m) for m in chat.outputs}  # each trained once, for every evaluation
+    generate = {m: evaluate_generate(world, decoder=chat.decoder(m), model=chat, modality=m, judge=judges[m],
+                                     progress=q.progress) for m in chat.outputs}
     q.record["eval"] = {
         "bind": evaluate_bind(bound, world), "chat": evaluate_chat(chat, world, progress=q.progress),
         "generate": generate.pop(main, {}), "outputs": generate,
-        "together": evaluate_together(world, chat, progress=q.progress) if len(chat.outputs) > 1 else {},
+        "together": evaluate_together(world, chat, judges=judges, progress=q.progress) if len(chat.outputs) > 1 else {},
         "ood": {"bind": evaluate_bind(bound, ood), "chat": evaluate_chat(chat, ood, progress=q.progress)},
-        "conversations": evaluate_conversations(chat, world, judge=output_judge(chat, world), progress=q.progress),
+        "conversations": evaluate_conversations(chat, world, judge=judges.get(main), progress=q.progress),
     }
     return True, ""
 

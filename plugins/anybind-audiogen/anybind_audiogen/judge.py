@@ -22,10 +22,9 @@ class SpeechJudge(Judge):
     def split(self, manifest, modality):
         """Both halves from the held-out voices: even-numbered voices train, the others are scored."""
         rows = manifest.select("test", has=(modality, "label"))
-        voices = sorted({(r.get("meta") or {}).get("voice", r["id"]) for r in rows})
-        trains = set(voices[::2])
-        return ([r for r in rows if (r.get("meta") or {}).get("voice", r["id"]) in trains],
-                [r for r in rows if (r.get("meta") or {}).get("voice", r["id"]) not in trains])
+        voice = [(r.get("meta") or {}).get("voice", r["id"]) for r in rows]
+        trains = set(sorted(set(voice))[::2])
+        return ([r for r, v in zip(rows, voice) if v in trains], [r for r, v in zip(rows, voice) if v not in trains])
 
     def features(self, clips) -> np.ndarray:
         import torch

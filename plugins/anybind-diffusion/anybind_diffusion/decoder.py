@@ -67,26 +67,19 @@ class MiniLMPrompts(torch.nn.Module):
         device = next(self.model.parameters()).device
         return self.model(**{k: v.to(device) for k, v in batch.items()}).last_hidden_state.float()
 
+    @property
+    def cond_shape(self) -> tuple[int, int]:
+        """``(tokens, width)`` of the conditioning: what a decoder conditioned on it reads."""
+        return (self.max_tokens, self.width)
+
+    def encode_prompt(self, texts: list[str]) -> torch.Tensor:
+        """The conditioning of captions, as the decoder it conditions gives it (float32)."""
+        return self(list(texts))
+
 
 #: The prompt encoder's settings, written when a decoder starts training: what its conditioning
 #: will be is known before it is trained, so align-out can start beside it.
 PROMPTS_FILE = "prompts.json"
-
-
-class CaptionEncoder:
-    """The conditioning an anybind-trained decoder reads, without the decoder: ``cond_shape`` and
-    ``encode_prompt`` exactly as :class:`DiffusionDecoder` gives them."""
-
-    def __init__(self, config: PromptEncoderConfig, path: Path | None = None):
-        self.prompts, self.config, self.path = MiniLMPrompts(config), config, path
-
-    @property
-    def cond_shape(self) -> tuple[int, int]:
-        return (self.prompts.max_tokens, self.prompts.width)
-
-    @torch.no_grad()
-    def encode_prompt(self, texts: list[str]) -> torch.Tensor:
-        return self.prompts(list(texts))
 
 
 def load_prompt_encoder(path, device=None):
@@ -101,10 +94,8 @@ def load_prompt_encoder(path, device=None):
             except (OSError, json.JSONDecodeError) as exc:
                 raise DecoderError(f"{path / name}: unreadable ({exc})") from None
             if "prompts" in meta:
-                encoder = CaptionEncoder(read_prompt_config(meta), path)
-                if device is not None:
-                    encoder.prompts.to(device)
-                return encoder
+                encoder = MiniLMPrompts(read_prompt_config(meta))
+                return encoder if device is None else encoder.to(device)
     return load_decoder(path, device=device)
 
 
@@ -156,7 +147,7 @@ class DiffusionDecoder:
     @property
     def cond_shape(self) -> tuple[int, int]:
         if self.prompts is not None:
-            return (self.prompts.max_tokens, self.prompts.width)
+            return self.prompts.cond_shape
         return (self.pipeline.tokenizer.model_max_length, self.pipeline.text_encoder.config.hidden_size)
 
     @property
@@ -178,7 +169,7 @@ class DiffusionDecoder:
     def encode_prompt(self, texts: list[str]) -> torch.Tensor:
         """``(len(texts), tokens, width)`` conditioning of captions (float32)."""
         if self.prompts is not None:
-            return self.prompts(list(texts))
+            return self.prompts.encode_prompt(texts)
         embeds, _ = self.pipeline.encode_prompt(list(texts), self.device, 1, False)
         return embeds.float()
 
