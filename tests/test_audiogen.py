@@ -7,6 +7,7 @@ on the small world's speech, and a chat model gets its [AUD] output from align-o
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,19 +32,47 @@ def speech_decoder(small_world, tmp_path_factory):
 @pytest.fixture(scope="session")
 def speaking_chat(small_world, drawing_chat, speech_decoder, tmp_path_factory):
     """The drawing chat model with a spoken output beside its image output."""
-    out = tmp_path_factory.mktemp("speaking-chat") / "chat"
-    shutil.copytree(drawing_chat, out)
+    out = _copy_chat(drawing_chat, tmp_path_factory.mktemp("speaking-chat") / "chat")
+    _align_speech(out, small_world, speech_decoder)
+    return out
+
+
+def _copy_chat(chat_dir: Path, out: Path) -> Path:
+    """A copy of an (uninstructed) chat model directory that still finds its bound model and decoder."""
+    shutil.copytree(chat_dir, out)
     config = json.loads((out / "config.json").read_text())
-    config["bound"] = str((drawing_chat / config["bound"]).resolve())
+    config["bound"] = str((chat_dir / config["bound"]).resolve())
     (out / "config.json").write_text(json.dumps(config))
     from anybind.models.output import GenerativeOutput
 
     image = GenerativeOutput.from_pretrained(out / "image_output")
-    image.config.decoder = str((drawing_chat / image.config.decoder).resolve())
+    image.config.decoder = str((chat_dir / image.config.decoder).resolve())
     image.save_pretrained(out / "image_output")
-    run_cli("train", "align-out", "--manifest", str(small_world), "--model", str(out), "--decoder", str(speech_decoder),
-            "--steps", "10", "--batch-size", "8", check=True)
     return out
+
+
+def _align_speech(chat_dir: Path, world: Path, speech_decoder: Path) -> None:
+    run_cli("train", "align-out", "--manifest", str(world), "--model", str(chat_dir), "--decoder", str(speech_decoder),
+            "--steps", "10", "--batch-size", "8", check=True)
+
+
+def test_an_output_aligned_after_instruct_loads_and_instruct_trains_again_with_it(drawing_chat, speech_decoder,
+                                                                                  small_world, tmp_path):
+    chat = _copy_chat(drawing_chat, tmp_path / "chat")
+    instruct = ("train", "instruct", "--manifest", str(small_world), "--model", str(chat), "--steps", "3",
+                "--batch-size", "4", "--conversations", "32", "--layers", "1")
+    run_cli(*instruct, check=True)
+    record = chat / "instruct" / "training.json"
+    assert json.loads(record.read_text())["outputs"] == ["image"]
+    _align_speech(chat, small_world, speech_decoder)  # the quickstart's speech, after its first answer
+    model = anybind.load(chat)
+    assert model.instructed and model.output_order() == ["image", "audio"]
+    assert not (chat / "instruct" / "audio_output").exists()  # until instruct runs again: as align-out left it
+    again = run_cli(*instruct, check=True)
+    assert "now makes audio, image: training it again" in again.stdout
+    assert json.loads(record.read_text())["outputs"] == ["audio", "image"]
+    assert (chat / "instruct" / "audio_output" / "config.json").is_file()
+    assert "already trained" in run_cli(*instruct, check=True).stdout
 
 
 def test_train_decoder_writes_a_diffusers_directory_and_generate_writes_a_wav(speech_decoder, tmp_path):
@@ -187,7 +216,7 @@ def test_interleaved_scoring_and_training_conversations_with_two_outputs(speakin
     manifest = read_manifest(small_world)
     assert manifest.caption("audio", "seven") == "the spoken word seven"
     result = evaluate_together(manifest, model, steps=2, progress=False)
-    assert result["order"] == ["image", "audio"] and result["asked"] == len(manifest.labels)
+    assert result["order"] == ["image", "audio"] and result["asked"] == 2 * len(manifest.labels)  # two wordings
     assert 0 <= result["complete_and_agree"] <= result["complete"] <= 1
     assert "then draw it and say it" in result["prompts"][0]
     prompts = {m: parse_reference(model.decoder_reference(m), m)[0].output_prompts() for m in model.outputs}
@@ -198,6 +227,7 @@ def test_interleaved_scoring_and_training_conversations_with_two_outputs(speakin
     assert together and all(d.answer[0][0] == "text" for d in together)
     orders = {tuple(s[1] for s in d.answer[1:]) for d in together}
     assert orders == {("image", "audio"), ("audio", "image")}
+
     def where(text, verbs):
         return min(text.index(v) for v in verbs if v in text)
 

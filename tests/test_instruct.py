@@ -167,12 +167,16 @@ def test_quickstart_skips_finished_stages_then_demos_and_evaluates(instructed, s
                     env=IMAGES_OUT_ONLY)
     record = json.loads((run / "metrics.json").read_text())
     stages = record["stages"]
-    assert sorted(stages) == sorted(["world", "bind", "decoder", "align-in", "align-out", "instruct", "demo", "eval"])
-    assert not any(stages[s]["ran"] for s in ("world", "bind", "decoder", "align-in", "align-out", "instruct"))
+    further = ["further decoders", "further align-out", "instruct again", "whole demo"]
+    assert sorted(stages) == sorted(["world", "bind", "decoder", "align-in", "align-out", "instruct", "demo", *further, "eval"])
+    assert not any(stages[s]["ran"] for s in ("world", "bind", "decoder", "align-in", "align-out", "instruct", *further))
+    assert stages["further decoders"]["note"] == "no further output modality installed"
     assert stages["demo"]["ran"] and stages["eval"]["ran"]
     page = (run / "demo.html").read_text()
     assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
-    assert "Which digit is spoken here?" in page and "Now draw it." in page and "number four" in page
+    assert "Which digit is spoken here?" in page and "Now draw it." in page
+    assert "the number four, then draw it." in page and "Say the number" not in page  # the turns it can answer
+    assert record["first_interleaved_answer_seconds"] > 0 and "every_output_answer_seconds" not in record
     assert set(record["eval"]) == {"bind", "chat", "generate", "outputs", "together", "ood", "conversations"}
     assert set(record["eval"]["ood"]["bind"]) == {"image", "audio"}  # made differently, never trained on
     assert "multi-turn (every behaviour)" in record["summary"] and "OOD chat (every modality)" in record["summary"]

@@ -21,23 +21,31 @@ def _quickstart(tmp_path, small_world, options) -> Quickstart:
                       decoder_options={"sd": tuple(options), "audiogen": tuple(TINY_AUDIOGEN)})
 
 
-def test_the_decoder_trains_in_the_background_and_gives_its_core_back(small_world, tmp_path):
+def test_the_decoders_train_in_the_background_and_give_their_core_back(small_world, tmp_path):
     q = _quickstart(tmp_path, small_world, TINY_DECODER)
     threads = torch.get_num_threads()
-    ran, note = stages.decoder(q)
+    ran, note = stages.decoder(q)  # the main output's (images): on the first answer's path
     job = q.jobs["decoder"]
-    assert ran is None and "background" in note and str(q.run.log("decoder")) in note
+    assert ran is None and "background" in note and "sd" in note and "audiogen" not in note
+    assert str(q.run.log("decoder")) in note
     assert torch.get_num_threads() == max(1, threads - 1)  # the stages meanwhile leave it a core
     assert job.poll in STEP_HOOKS
     stages.join_decoder(q)
     assert torch.get_num_threads() == threads and job.poll not in STEP_HOOKS and "decoder" not in q.jobs
     assert (q.run.decoder / "anybind.json").is_file() and (q.run.decoder / "unet" / "config.json").is_file()
-    speech = q.run.decoder_of("audio")  # the decoders train in turn, images first
-    assert speech.name == "decoder-audio" and (speech / "anybind.json").is_file()
-    assert (speech / "prompts.json").stat().st_mtime > (q.run.decoder / "anybind.json").stat().st_mtime
+    speech = q.run.decoder_of("audio")
+    assert speech.name == "decoder-audio" and not speech.exists()  # after the first answer, not beside it
     stage = q.record["stages"]["decoder"]
     assert stage["ran"] and stage["seconds"] > 0 and "background" in stage["note"]
     assert stages.decoder(q) == (False, "already trained")
+    ran, note = stages.further_decoders(q)
+    assert ran is None and "audiogen" in note and str(q.run.log("further-decoders")) in note
+    stages.join_decoder(q, speech / "prompts.json", "further decoders")  # what align-out waits for
+    assert (speech / "prompts.json").is_file()
+    stages.join_decoder(q, job_name="further decoders")
+    assert (speech / "anybind.json").is_file() and torch.get_num_threads() == threads
+    assert q.record["stages"]["further decoders"]["seconds"] > 0
+    assert stages.further_decoders(q) == (False, "already trained")
 
 
 def test_a_failed_background_decoder_stops_the_quickstart_with_its_log(small_world, tmp_path):

@@ -33,6 +33,12 @@ from anybind.persistence import CONFIG_NAME, read_config, read_json
 NO_GRAD_BATCH = 48
 
 
+def output_order(modalities) -> list[str]:
+    """Output modalities in the order an answer with several makes them, and "then draw it and
+    say it" names them: the binding modality's (images, what "draw it" asks for) first, then by name."""
+    return sorted(modalities, key=lambda m: (m != BINDING_MODALITY, m))
+
+
 class ChatModel:
     """What chat runs on. Towers load when an attachment first needs them, decoders when an
     output is first made: a chat about audio never loads video, a text answer no decoder."""
@@ -84,7 +90,9 @@ class ChatModel:
             from anybind.models.quantize import quantize_backbone
 
             quantize_backbone(backbone, quantize)
-        outputs = {m: GenerativeOutput.from_pretrained(chat.output(m, tuned)) for m in chat.outputs(config)}
+        # An output aligned after instruct ran has no tuned copy until instruct runs again.
+        outputs = {m: GenerativeOutput.from_pretrained(chat.output(m, tuned and (chat.output(m, True) / CONFIG_NAME).is_file()))
+                   for m in chat.outputs(config)}
         for where, module in [*(("projectors/" + n, p) for n, p in projectors.items()),
                               *((chat.output(m).name, o) for m, o in outputs.items())]:
             if module.config.lm_width != backbone.hidden_size:
@@ -196,6 +204,10 @@ class ChatModel:
         if modality not in self.outputs:
             raise CheckpointError(f"{self.path}: makes no {modality} outputs (it makes: {', '.join(self.outputs)})")
         return self.outputs[modality]
+
+    def output_order(self) -> list[str]:
+        """The output modalities it makes in the order an answer with several makes them."""
+        return output_order(self.outputs)
 
     def decoder_reference(self, modality: str | None = None) -> str:
         """The decoder to make ``modality`` with: one given at load time, else the one align-out trained against."""

@@ -59,7 +59,7 @@ class Manifest:
     subject: str = "{label}"  # how a sentence names a label, e.g. "the number {label}"
     questions: list[str] = field(default_factory=list)  # other ways to ask ``question``
     facts: dict[str, list[str]] = field(default_factory=dict)  # true sentences about each label
-    demo: list[dict] = field(default_factory=list)  # the quickstart's demo: [{"prompt", "attach"?: {modality, label}}]
+    demo: list[dict] = field(default_factory=list)  # the quickstart's demo: [{"prompt", "attach"?: {modality, label}, "needs"?: [output modality]}]
     #: how a caption of one modality's samples reads, where it is not ``prompt``'s
     #: (``{"audio": "the spoken word {label}"}``): what a decoder of that modality is trained and asked with
     captions: dict[str, str] = field(default_factory=dict)

@@ -57,7 +57,7 @@ EVAL_SEVERAL = ("Which {kind}s are these?", "Tell me what each of these shows.",
 #: :attr:`OutputPrompts.verb` in the order asked ("draw it and say it").
 WRITE_AND_ALL = ("Write one sentence about {s}, then {verbs}.", "Tell me about {s} in one sentence, then {verbs}.",
                  "Describe {s} briefly, then {verbs}.", "Say something about {s}, then {verbs}.")
-EVAL_WRITE_AND_ALL = ("Write a sentence about {s} and then {verbs}.",)
+EVAL_WRITE_AND_ALL = ("Write a sentence about {s} and then {verbs}.", "First tell me something about {s}, then {verbs}.")
 
 
 @dataclass(frozen=True)

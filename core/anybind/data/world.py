@@ -50,13 +50,14 @@ QUESTION = "Which digit is this?"
 ANSWER_TEMPLATE = "It is the digit {label}."
 #: Other ways to ask QUESTION (conversations in the instruct stage).
 QUESTIONS = ("Which digit is this?", "What digit is this?", "Which number is this?", "What number does this show?")
-#: The quickstart's demo: a spoken digit, a follow-up that draws it, then text, an image and speech,
-#: then speech alone (where a decoder of speech is installed; otherwise the model draws only).
+#: The quickstart's demo: a spoken digit, a follow-up that draws it, then a sentence and every
+#: output the chat model makes ("{verbs}": "draw it", or "draw it and say it" with a decoder of
+#: speech), then speech alone (a turn's "needs": the output modalities it asks for).
 DEMO = (
     {"prompt": "Which digit is spoken here?", "attach": {"modality": "audio", "label": "seven"}},
-    {"prompt": "Now draw it."},
-    {"prompt": "Write one sentence about the number four, then draw it and say it."},
-    {"prompt": "Say the number two."},
+    {"prompt": "Now draw it.", "needs": ["image"]},
+    {"prompt": "Write one sentence about the number four, then {verbs}."},
+    {"prompt": "Say the number two.", "needs": ["audio"]},
 )
 
 

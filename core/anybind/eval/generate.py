@@ -10,7 +10,7 @@ from anybind.data.prompts import EVAL_WRITE_AND_ALL
 from anybind.errors import InputError
 from anybind.eval.chat import mentioned_label
 from anybind.eval.judge import Judge
-from anybind.models.decoders import decoder_for
+from anybind.models.decoders import decoder_for, output_verbs
 from anybind.specs import resolve
 
 
@@ -71,9 +71,9 @@ def evaluate_together(manifest: Manifest | Path | str, model, *, steps: int | No
     from tqdm.auto import tqdm
 
     manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
-    order = sorted(model.outputs, key=lambda m: m != model.output().modality)  # the main output (images) first
+    order = model.output_order()  # the main output (images) first
     judges = {m: (judges or {}).get(m) or _judge(manifest, m) for m in order}
-    verbs = " and ".join(decoder_for(m).output_prompts().verb[0] for m in order)
+    verbs = output_verbs(order)
     jobs = [(t.format(verbs=verbs, **manifest.fill(label)), label) for t in EVAL_WRITE_AND_ALL for label in manifest.labels]
     complete = agree = 0
     examples = []

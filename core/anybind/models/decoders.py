@@ -20,6 +20,11 @@ from anybind.specs import DecoderSpec, resolve
 MARKERS = ("anybind.json", "prompts.json")
 
 
+def output_verbs(modalities) -> str:
+    """How a user asks for these outputs in this order: each decoder's first verb ("draw it and say it")."""
+    return " and ".join((decoder_for(m).output_prompts().verb or ("make it",))[0] for m in modalities)
+
+
 def decoder_for(modality: str | None = None, name: str | None = None) -> DecoderSpec:
     """The installed decoder ``name``, or the only installed decoder (producing ``modality``, if given)."""
     if name:

@@ -1,15 +1,18 @@
 """``anybind quickstart``: every stage on the sample world, then an interleaved demo.
 
-    world → bind → decoder → align-in → align-out → instruct → demo → eval
+    world → decoder → bind → align-in → align-out → instruct → demo
+          → further decoders → further align-out → instruct again → whole demo → eval
 
-The decoders (every installed one anybind can train: images, then e.g. speech) train in turn
-in a background process (one thread) beside bind and align-in, which use the other core
-meanwhile: their small convolutions gain little from a second thread, so the two together
-finish sooner than one after the other. align-out needs only each decoder's prompt encoder
-(its ``prompts.json``, written as its training starts), so it aligns each output while the
-decoders train on; the demo waits for all of them. While the world is built (which leaves a core mostly idle)
-another background process loads the LM backbone once, so that a backbone which converts
-its weights on first use (SmolLM2 from its GGUF) is ready in the cache when align-in starts.
+The first interleaved answer needs one output, the main one (images): its decoder trains in a
+background process (one thread) beside bind and align-in, which use the other core meanwhile
+(their small convolutions gain little from a second thread, so the two together finish sooner
+than one after the other), align-out needs only the decoder's prompt encoder (its
+``prompts.json``, written as its training starts), and the demo waits for the decoder. Every
+further installed output (e.g. speech) comes after that answer, so it never delays it: its
+decoder trains in the background beside its align-out, instruct trains again with every output,
+and the demo runs again. While the world is built (which leaves a core mostly idle) another
+background process loads the LM backbone once, so that a backbone which converts its weights
+on first use (SmolLM2 from its GGUF) is ready in the cache when align-in starts.
 
 Everything goes under one run directory (:class:`anybind.layout.RunLayout`, default
 ``runs/quickstart``), plus ``demo.html`` (the demo conversation, outputs inline),
@@ -87,7 +90,7 @@ class Quickstart:
         self.run.root.mkdir(parents=True, exist_ok=True)
         if self.run.metrics.is_file():
             self.record = json.loads(self.run.metrics.read_text())
-        for key in ("trained_this_run", "first_image_at"):
+        for key in ("trained_this_run", "first_output_at"):
             self.record.pop(key, None)
         began = time.time()
         bar = tqdm(stage_functions.STAGES, desc="quickstart", unit="stage", disable=not self.progress)
@@ -103,8 +106,11 @@ class Quickstart:
                 job.stop()
             self.jobs.clear()
         origin = self.started_at or began
-        if "first_image_at" in self.record:
-            self.record["first_interleaved_answer_seconds"] = round(self.record.pop("first_image_at") - origin, 1)
+        first = self.record.pop("first_output_at", {})  # {modality: when the demo first made one}
+        if first:
+            self.record["first_interleaved_answer_seconds"] = round(min(first.values()) - origin, 1)
+        if len(first) > 1:
+            self.record["every_output_answer_seconds"] = round(max(first.values()) - origin, 1)
         self.record["seconds"] = round(time.time() - origin, 1)
         self.record["summary"] = summary(self.record)
         self.record.pop("trained_this_run", None)
@@ -193,6 +199,12 @@ def summary_table(record: dict) -> str:
     if ev.get("conversations", {}).get("behaviours"):
         lines.append("multi-turn: " + ", ".join(f"{b} {v:.3f}" for b, v in ev["conversations"]["behaviours"].items()))
     if "first_interleaved_answer_seconds" in record:
-        s = record["first_interleaved_answer_seconds"]
-        lines.append(f"first interleaved answer after {int(s // 60)}m{int(s % 60):02d}s; whole run {record['seconds'] / 60:.1f} min")
+        every = record.get("every_output_answer_seconds")
+        lines.append(f"first interleaved answer after {_minutes(record['first_interleaved_answer_seconds'])}"
+                     + (f"; every output made by {_minutes(every)}" if every else "")
+                     + f"; whole run {record['seconds'] / 60:.1f} min")
     return "\n".join(lines)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"

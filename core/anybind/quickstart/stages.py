@@ -51,10 +51,22 @@ _IN_TURN = "import json, subprocess, sys\nfor command in json.loads(sys.argv[1])
 
 
 def decoder(q) -> tuple:
+    """The main output's decoder (images): what the first interleaved answer needs."""
+    return _train_decoders(q, trainable_decoders(q)[:1], "decoder", "beside bind and align-in")
+
+
+def further_decoders(q) -> tuple:
+    """Every other output's decoder (e.g. speech), after the first answer: kept off its path."""
+    return _train_decoders(q, trainable_decoders(q)[1:], "further decoders", "beside their align-out and instruct")
+
+
+def _train_decoders(q, chosen: list[tuple], job_name: str, beside: str) -> tuple:
     import json
     import subprocess
 
-    todo = [(spec, out) for spec, out in trainable_decoders(q) if not (out / "anybind.json").is_file()]
+    if not chosen:
+        return False, "no further output modality installed"
+    todo = [(spec, out) for spec, out in chosen if not (out / "anybind.json").is_file()]
     if not todo:
         return False, "already trained"
     commands = [[sys.executable, "-m", "anybind", "train", "decoder", "--decoder", spec.name, "--manifest",
@@ -63,24 +75,24 @@ def decoder(q) -> tuple:
         for command in commands:
             subprocess.run(command, check=True)
         return True, ""
-    job = q.jobs["decoder"] = BackgroundJob("decoder training", [sys.executable, "-c", _IN_TURN, json.dumps(commands)],
-                                            q.run.log("decoder"))
+    job = q.jobs[job_name] = BackgroundJob(f"{job_name} training", [sys.executable, "-c", _IN_TURN, json.dumps(commands)],
+                                           q.run.log(job_name.replace(" ", "-")))
     names = ", ".join(spec.name for spec, _ in todo)
-    return None, f"{names} training in turn in the background beside bind and align-in (log: {job.log})"
+    return None, f"{names} training in the background {beside} (log: {job.log})"
 
 
-def join_decoder(q, until: Path | None = None) -> None:
+def join_decoder(q, until: Path | None = None, job_name: str = "decoder") -> None:
     """Wait until the decoders' training has written ``until`` (None: until every decoder is trained)."""
-    job = q.jobs.get("decoder")
+    job = q.jobs.get(job_name)
     if job is None:
         return
     waited = job.join(q.progress, until=until)
-    stage = q.record.setdefault("stages", {}).setdefault("decoder", {"ran": True})
+    stage = q.record.setdefault("stages", {}).setdefault(job_name, {"ran": True})
     stage["waited"] = round(stage.get("waited", 0.0) + waited, 1)
-    stage["note"] = f"in the background beside bind, align-in and align-out; later stages waited {stage['waited']:.0f}s for it"
+    stage["note"] = f"in the background; later stages waited {stage['waited']:.0f}s for it"
     if not job.running:
         stage["seconds"] = round(job.seconds, 1)
-        q.jobs.pop("decoder")
+        q.jobs.pop(job_name)
 
 
 def bind(q) -> tuple:
@@ -101,12 +113,23 @@ def align_in(q) -> tuple:
 
 
 def align_out(q) -> tuple:
-    """One output after the other, each as soon as its decoder is trained."""
+    """The main output's generative tokens; align-out needs only its decoder's prompt encoder."""
+    return _align_outputs(q, trainable_decoders(q)[:1], "decoder")
+
+
+def further_align_out(q) -> tuple:
+    """Every other output's, one after the other, each once its decoder's prompt encoder is written."""
+    return _align_outputs(q, trainable_decoders(q)[1:], "further decoders")
+
+
+def _align_outputs(q, chosen: list[tuple], job_name: str) -> tuple:
     from anybind.training.align_out import AlignOutSettings, train_align_out
 
+    if not chosen:
+        return False, "no further output modality installed"
     ran, notes = False, []
-    for spec, out in trainable_decoders(q):
-        join_decoder(q, out / "prompts.json")  # align-out needs only its prompt encoder: the decoder trains on
+    for spec, out in chosen:
+        join_decoder(q, out / "prompts.json", job_name)  # written as its training starts: the decoder trains on
         r = train_align_out(q.run.world, q.run.chat, str(out), AlignOutSettings(progress=q.progress))
         ran |= not r.get("skipped")
         notes.append(f"{spec.modality} " + ("already trained" if r.get("skipped") else f"mse {r.get('mse', float('nan')):.3f}"))
@@ -121,7 +144,19 @@ def instruct(q) -> tuple:
 
 
 def demo(q) -> tuple:
-    """The world's demo conversation, streamed to the terminal and written to ``demo.html``."""
+    """The world's demo conversation, streamed to the terminal and written to ``demo.html``: the
+    turns the chat model's outputs can answer, with "{verbs}" naming every output it makes."""
+    return _demo(q, "decoder")
+
+
+def whole_demo(q) -> tuple:
+    """The demo again once every output is trained (e.g. ending with a spoken answer)."""
+    if len(trainable_decoders(q)) < 2:
+        return False, "no further output modality installed"
+    return _demo(q, "further decoders")
+
+
+def _demo(q, job_name: str) -> tuple:
     import io
 
     import anybind
@@ -129,28 +164,35 @@ def demo(q) -> tuple:
     from anybind.chat.events import SamplingOptions
     from anybind.chat.render import HtmlRenderer, TerminalRenderer
     from anybind.data.manifest import read_manifest
+    from anybind.models.decoders import output_verbs
     from anybind.persistence import write_text_atomic
 
-    join_decoder(q)  # every decoder trained
+    join_decoder(q, job_name=job_name)  # its decoders trained
     manifest = read_manifest(q.run.world)
-    session = ChatSession(anybind.load(q.run.chat), SamplingOptions(max_new_tokens=96))  # short answers
+    chat = anybind.load(q.run.chat)
+    session = ChatSession(chat, SamplingOptions(max_new_tokens=96))  # short answers
+    verbs = output_verbs(chat.output_order())
     page = io.StringIO()
     html = HtmlRenderer(page)
     terminal = TerminalRenderer(sys.stdout, images_dir=q.run.root, prefix="demo")
+    seen = q.record.setdefault("first_output_at", {})
     for turn in manifest.demo:
+        if not set(turn.get("needs", ())) <= set(chat.outputs) or ("{verbs}" in turn["prompt"] and not chat.outputs):
+            continue
+        prompt = turn["prompt"].replace("{verbs}", verbs)
         attachments = _demo_attachments(manifest, turn.get("attach"))
-        shown = turn["prompt"] + "".join(f" [{Path(a).name}]" for a in attachments)
+        shown = prompt + "".join(f" [{Path(a).name}]" for a in attachments)
         print(f"\nyou> {shown}")
         html.begin_turn(shown)
-        for event in session.ask(turn["prompt"], attachments):
+        for event in session.ask(prompt, attachments):
             terminal.on(event)
             html.on(event)
             sys.stdout.flush()
-            if event.type not in ("text", "notice", "done") and "first_image_at" not in q.record:
-                q.record["first_image_at"] = time.time()
+            if event.type not in ("text", "notice", "done"):
+                seen.setdefault(event.type, time.time())
     html.close()
     write_text_atomic(q.run.demo_page, page.getvalue())
-    return True, f"{q.run.demo_page}"
+    return True, f"{q.run.demo_page}" + (f" ({', '.join(chat.output_order())})" if chat.outputs else "")
 
 
 def _demo_attachments(manifest, attach: dict | None) -> list[str]:
@@ -175,7 +217,8 @@ def evaluate(q) -> tuple:
         return False, "already evaluated"
     if not (q.run.world_ood / "manifest.jsonl").is_file():
         build_world(q.run.world_ood, variant="ood", progress=q.progress)
-    join_decoder(q)
+    for job_name in ("decoder", "further decoders"):
+        join_decoder(q, job_name=job_name)
     chat, bound = anybind.load(q.run.chat), anybind.load(q.run.bind)
     world, ood = read_manifest(q.run.world), read_manifest(q.run.world_ood)  # read once, for every evaluation
     main = chat.output().modality if chat.outputs else None
@@ -192,7 +235,10 @@ def evaluate(q) -> tuple:
     return True, ""
 
 
-#: Every stage in the order it runs: the demo before the evaluation, so the first interleaved
-#: answer comes as early as possible.
+#: Every stage in the order it runs. The first interleaved answer needs only the main output
+#: (images): its stages come first and the demo right after them; every further output (e.g.
+#: speech) then trains its decoder, aligns, and instruct runs again with every output.
 STAGES = (("world", world), ("decoder", decoder), ("bind", bind), ("align-in", align_in), ("align-out", align_out),
-          ("instruct", instruct), ("demo", demo), ("eval", evaluate))
+          ("instruct", instruct), ("demo", demo), ("further decoders", further_decoders),
+          ("further align-out", further_align_out), ("instruct again", instruct), ("whole demo", whole_demo),
+          ("eval", evaluate))

@@ -160,7 +160,11 @@ def train_instruct(manifest_path, chat_dir, settings: InstructSettings | None = 
                   progress=chat_dir.progress("instruct"), metrics=chat_dir.metrics)
     with stage.lock():
         if stage.done and not retrain:
-            return stage.skipped()
+            made = stage.record().get("outputs")  # older stages did not record them
+            if made is None or set(made) == set(chat_dir.outputs()):
+                return stage.skipped()
+            say(stage.accelerator, f"instruct: trained with the outputs {', '.join(made) or 'none'}, but the model "
+                                   f"now makes {', '.join(chat_dir.outputs())}: training it again with every output")
         manifest = read_manifest(manifest_path)
         if not manifest.labels:
             raise InputError(manifest.path, "instruct builds its conversations from labels: the manifest has none")
@@ -240,7 +244,7 @@ def _train(stage: Stage, chat: ChatModel, dialogues: list[Dialogue], attachments
                         lr_scales={**scales, "outputs.": settings.image_output_lr_scale})
     seconds = stage.run_loop(module=tuner, n_rows=len(dialogues), step_fn=step_fn, loop=loop, report=lambda _: dict(last))
     record = {"steps": settings.steps, "seconds": round(seconds, 2), "conversations": len(dialogues),
-              "modalities": sorted(attachments),
+              "modalities": sorted(attachments), "outputs": sorted(chat.outputs),
               "rank": settings.rank, "layers": settings.layers, "lr": settings.lr, "batch_size": settings.batch_size,
               "trainable_parameters": trainable, **{k: round(v, 4) for k, v in last.items()}}
     return record, peft_model
