@@ -33,12 +33,6 @@ from anybind.persistence import CONFIG_NAME, read_config, read_json
 NO_GRAD_BATCH = 48
 
 
-def output_order(modalities) -> list[str]:
-    """Output modalities in the order an answer with several makes them, and "then draw it and
-    say it" names them: the binding modality's (images, what "draw it" asks for) first, then by name."""
-    return sorted(modalities, key=lambda m: (m != BINDING_MODALITY, m))
-
-
 class ChatModel:
     """What chat runs on. Towers load when an attachment first needs them, decoders when an
     output is first made: a chat about audio never loads video, a text answer no decoder."""
@@ -206,8 +200,9 @@ class ChatModel:
         return self.outputs[modality]
 
     def output_order(self) -> list[str]:
-        """The output modalities it makes in the order an answer with several makes them."""
-        return output_order(self.outputs)
+        """The output modalities it makes, in the order "then draw it and say it" names them:
+        the binding modality's (images, what "draw it" asks for) first, then by name."""
+        return sorted(self.outputs, key=lambda m: (m != BINDING_MODALITY, m))
 
     def decoder_reference(self, modality: str | None = None) -> str:
         """The decoder to make ``modality`` with: one given at load time, else the one align-out trained against."""
