@@ -85,3 +85,13 @@ def test_the_backbone_loads_in_the_background_unless_align_in_is_done(tmp_path, 
     done.write_text("{}")
     stages.warm_backbone(q)
     assert "backbone" not in q.jobs  # align-in is done: nothing to load ahead
+
+
+def test_showing_the_demo_again_keeps_the_evaluation(tmp_path):
+    q = Quickstart(tmp_path / "quickstart", progress=False)
+    q.run.root.mkdir()
+    for name in ("demo", "whole demo", "eval"):  # a second run: nothing trained, the eval still stands
+        q._note(name, True, 1.0, "")
+    assert "trained_this_run" not in q.record
+    q._note("instruct again", True, 1.0, "")
+    assert q.record["trained_this_run"]

@@ -95,7 +95,7 @@ class PointCloudEncoder(ModalityEncoder):
 
     def preprocess(self, raw: np.ndarray) -> dict[str, torch.Tensor]:
         c = self.config
-        points = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
+        points = torch.from_numpy(np.array(raw, dtype=np.float32))  # a copy: a read-only array (a memory map) warns
         points = level(points - points.mean(0))
         points = points / points.norm(dim=1).max().clamp(min=1e-6)  # unit sphere
         # Deterministic resampling (seeded by the cloud itself) so a file always embeds the same.
