@@ -46,6 +46,9 @@ def trainable_decoders(q) -> list[tuple]:
     return [(spec, q.run.decoder_of(spec.modality)) for spec in chosen.values()]
 
 
+#: What a stage of each background job's outputs notes when there is nothing for it to do.
+NOTHING_TO_MAKE = {"decoder": "no trainable decoder installed", "further decoders": "no further output modality installed"}
+
 #: Trains each decoder in turn (one command each), in one background process.
 _IN_TURN = "import json, subprocess, sys\nfor command in json.loads(sys.argv[1]): subprocess.run(command, check=True)"
 
@@ -65,7 +68,7 @@ def _train_decoders(q, chosen: list[tuple], job_name: str, beside: str) -> tuple
     import subprocess
 
     if not chosen:
-        return False, "no further output modality installed"
+        return False, NOTHING_TO_MAKE[job_name]
     todo = [(spec, out) for spec, out in chosen if not (out / "anybind.json").is_file()]
     if not todo:
         return False, "already trained"
@@ -126,7 +129,7 @@ def _align_outputs(q, chosen: list[tuple], job_name: str) -> tuple:
     from anybind.training.align_out import AlignOutSettings, train_align_out
 
     if not chosen:
-        return False, "no further output modality installed"
+        return False, NOTHING_TO_MAKE[job_name]
     ran, notes = False, []
     for spec, out in chosen:
         join_decoder(q, out / "prompts.json", job_name)  # written as its training starts: the decoder trains on
@@ -151,8 +154,8 @@ def demo(q) -> tuple:
 
 def whole_demo(q) -> tuple:
     """The demo again once every output is trained (e.g. ending with a spoken answer)."""
-    if len(trainable_decoders(q)) < 2:
-        return False, "no further output modality installed"
+    if not trainable_decoders(q)[1:]:
+        return False, NOTHING_TO_MAKE["further decoders"]
     return _demo(q, "further decoders")
 
 
