@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from anybind.errors import AnybindError
+from anybind.layout import CHAT_FORMAT
 from anybind.quickstart import Quickstart, stages
 from anybind.training.trainer import STEP_HOOKS
 from conftest import TINY_AUDIOGEN, TINY_DECODER
@@ -95,3 +96,22 @@ def test_showing_the_demo_again_keeps_the_evaluation(tmp_path):
     assert "trained_this_run" not in q.record
     q._note("instruct again", True, 1.0, "")
     assert q.record["trained_this_run"]
+
+
+def _chat_making(q, outputs: dict) -> None:
+    q.run.chat.mkdir(parents=True)
+    (q.run.chat / "config.json").write_text(json.dumps({"format": CHAT_FORMAT, "outputs": outputs}))
+
+
+def test_a_resumed_run_shows_the_demo_once_every_decoder_it_needs_is_trained(tmp_path):
+    q = Quickstart(tmp_path / "quickstart", progress=False)
+    _chat_making(q, {"image": "image_output", "audio": "audio_output"})
+    q.run.decoder.mkdir()
+    (q.run.decoder / "anybind.json").write_text("{}")
+    speech = q.run.decoder_of("audio")
+    speech.mkdir()
+    (speech / "prompts.json").write_text("{}")  # aligned against it, but its training was stopped
+    ran, note = stages.demo(q)
+    assert ran is False and note == "the audio decoder is still to train: the whole demo comes after it"
+    q.shown = {"image", "audio"}  # had the first demo made both, the whole demo would only repeat it
+    assert stages.whole_demo(q) == (False, "the demo above made every output")

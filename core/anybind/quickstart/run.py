@@ -73,6 +73,7 @@ class Quickstart:
     decoder_options: dict[str, tuple[str, ...]] = field(default_factory=dict)
     record: dict = field(default_factory=dict)
     jobs: dict[str, BackgroundJob] = field(default_factory=dict, repr=False)
+    shown: set[str] = field(default_factory=set, repr=False)  # the outputs this run's demo could make
 
     @property
     def run(self) -> RunLayout:

@@ -149,13 +149,26 @@ def instruct(q) -> tuple:
 def demo(q) -> tuple:
     """The world's demo conversation, streamed to the terminal and written to ``demo.html``: the
     turns the chat model's outputs can answer, with "{verbs}" naming every output it makes."""
+    from anybind.layout import ChatDir
+
+    join_decoder(q)
+    made = ChatDir(q.run.chat).outputs()
+    # A run that resumes after a further output was aligned, its decoder not yet trained: that
+    # decoder trains in the further stages, and the whole demo comes after it.
+    waiting = [spec.modality for spec, out in trainable_decoders(q)[1:]
+               if spec.modality in made and not (out / "anybind.json").is_file()]
+    if waiting:
+        return False, f"the {', '.join(waiting)} decoder is still to train: the whole demo comes after it"
     return _demo(q, "decoder")
 
 
 def whole_demo(q) -> tuple:
     """The demo again once every output is trained (e.g. ending with a spoken answer)."""
-    if not trainable_decoders(q)[1:]:
+    further = {spec.modality for spec, _ in trainable_decoders(q)[1:]}
+    if not further:
         return False, NOTHING_TO_MAKE["further decoders"]
+    if further <= q.shown:  # a run with every output trained before its first demo
+        return False, "the demo above made every output"
     return _demo(q, "further decoders")
 
 
@@ -173,6 +186,7 @@ def _demo(q, job_name: str) -> tuple:
     join_decoder(q, job_name=job_name)  # its decoders trained
     manifest = read_manifest(q.run.world)
     chat = anybind.load(q.run.chat)
+    q.shown = set(chat.outputs)
     session = ChatSession(chat, SamplingOptions(max_new_tokens=96))  # short answers
     verbs = output_verbs(chat.output_order())
     page = io.StringIO()
