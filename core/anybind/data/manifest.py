@@ -31,7 +31,7 @@ RESERVED_KEYS = ("id", "split", "label", "text", "meta")
 SPLITS = ("train", "test")
 #: The world.json keys a :class:`Manifest` takes over.
 WORLD_KEYS = ("prompt", "labels", "question", "answer", "aliases", "kind", "subject", "questions", "facts", "demo",
-              "captions")
+              "captions", "encoders")
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
@@ -63,6 +63,9 @@ class Manifest:
     #: how a caption of one modality's samples reads, where it is not ``prompt``'s
     #: (``{"audio": "the spoken word {label}"}``): what a decoder of that modality is trained and asked with
     captions: dict[str, str] = field(default_factory=dict)
+    #: how a new tower of a modality reads this world's samples, as encoder settings
+    #: (``{"image": {"normalize": "ink"}}`` for line drawings); bind checks them against the encoder
+    encoders: dict[str, dict] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:

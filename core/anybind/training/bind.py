@@ -97,18 +97,24 @@ def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def tower_config(modality: str, settings: BindSettings) -> dict:
-    """The encoder settings a new tower of ``modality`` starts from: its pretrained trunk, if one was given."""
+def tower_config(modality: str, settings: BindSettings, manifest: Manifest | None = None) -> dict:
+    """The encoder settings a new tower of ``modality`` starts from: how the world says its samples
+    read (``world.json``'s ``encoders``), and its pretrained trunk, if one was given."""
+    fields = {f.name for f in dataclasses.fields(plugins.get_modality(modality).encoder_class().Config)}
+    config = dict(manifest.encoders.get(modality) or {}) if manifest is not None else {}
+    unknown = sorted(set(config) - fields)
+    if unknown:
+        raise InputError(manifest.root / "world.json", f"encoders.{modality}: the {modality} encoder "
+                         f"({plugins.modality_owner(modality)}) has no setting {', '.join(map(repr, unknown))}")
     trunk, mode = settings.trunks.get(modality), settings.train_trunks.get(modality)
     if trunk is None:
         if mode is not None:
             raise AnybindError(f"--train-trunk {modality}={mode} needs a pretrained trunk: --trunk {modality}=REF")
-        return {}
-    fields = {f.name for f in dataclasses.fields(plugins.get_modality(modality).encoder_class().Config)}
+        return config
     if "trunk" not in fields:
         raise AnybindError(f"the {modality} plugin ({plugins.modality_owner(modality)}) cannot start its tower "
                            "from a pretrained trunk")
-    config = {"trunk": trunk}
+    config["trunk"] = trunk
     if mode is not None:
         if "train_trunk" not in fields:
             raise AnybindError(f"the {modality} trunk is always frozen (only its head trains); leave out --train-trunk")
@@ -160,8 +166,8 @@ def bind_image_text(manifest: Manifest, out: Path, settings: BindSettings, accel
     rows = manifest.select("train", has=(BINDING_MODALITY, "text"))
     if not rows:
         raise InputError(manifest.path, "no training rows with both 'image' and 'text' to bind image to text")
-    image_tower = Tower.create(BINDING_MODALITY, settings.embed_dim, tower_config(BINDING_MODALITY, settings))
-    text_tower = Tower.create("text", settings.embed_dim, tower_config("text", settings))
+    image_tower = Tower.create(BINDING_MODALITY, settings.embed_dim, tower_config(BINDING_MODALITY, settings, manifest))
+    text_tower = Tower.create("text", settings.embed_dim, tower_config("text", settings, manifest))
     rows, samples = load_samples(manifest, rows, BINDING_MODALITY, image_tower.encoder, settings, accelerator, bad_log)
     say(accelerator, f"bind image↔text: {len(rows)} pairs, {hp['steps']} steps, batch {hp['batch_size']}")
     text_features = _frozen_text_features(text_tower, [r["text"] for r in rows])
@@ -194,9 +200,9 @@ def bind_to_images(modality: str, manifest: Manifest, out: Path, settings: BindS
     if not x_rows:
         raise InputError(manifest.path, f"no training rows pair {modality} with an image or a label")
     space_dim = int(read_config(out)["embed_dim"])  # the space the image tower made (its own, or --space's)
-    config = tower_config(modality, settings)
+    config = tower_config(modality, settings, manifest)
     tower = Tower.create(modality, space_dim, config)
-    if hp.get("init_from") and not config:
+    if hp.get("init_from") and not config.get("trunk"):
         source = Tower.from_pretrained(out / hp["init_from"]) if hp["init_from"] != BINDING_MODALITY else image_tower
         pretrained = getattr(source.encoder.config, "trunk", "")
         if pretrained:  # a pretrained trunk of another shape: nothing to copy
