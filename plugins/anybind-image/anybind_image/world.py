@@ -42,7 +42,14 @@ def photographed(ink: np.ndarray, rng: np.random.Generator):
     return image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 1.2))))
 
 
+#: How a tower reads these digits: as line drawings (either polarity, any background, size or
+#: place, through the 8x8 grid they were made on), turned and scaled a little in training. A
+#: tower for photos of anything keeps the encoder's defaults.
+READ_AS = {"normalize": "ink", "ink_grid": 8, "rotate": 12.0, "scale": 0.1}
+
+
 def build(builder) -> None:
+    builder.encoders["image"] = dict(READ_AS)
     if builder.variant != "ood":
         builder.write_per_digit("image", ".png", lambda path, pixels, rng: digit_image(pixels).save(path))
         return

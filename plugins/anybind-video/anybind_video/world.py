@@ -66,6 +66,7 @@ def turning_clip(ink: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
 
 
 def build(builder) -> None:
+    builder.encoders["video"] = {"normalize": "ink", "ink_grid": 8}  # each frame a line drawing, as images read
     if builder.variant != "ood":
         builder.write_per_digit("video", ".mp4", lambda path, pixels, rng: write_mp4(path, render_clip(pixels, rng)))
         return
