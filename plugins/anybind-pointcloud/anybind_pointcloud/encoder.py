@@ -62,6 +62,9 @@ class PointCloudEncoderConfig:
     final_norm: bool = True  # LayerNorm on the transformer's output tokens
     jitter: float = 0.1  # training only: Gaussian noise on the (scaled) neighbour offsets
     token_drop: float = 0.25  # training only: this fraction of each cloud's groups is dropped
+    #: training only: the share of clouds that lose the groups of one side instead of random ones (a
+    #: scan from one direction), then re-centred and re-scaled as preprocessing reads a real partial scan
+    partial: float = 0.5
     # Side of the projected view grid; 0: no view tokens. The plugin turns it on (16) for new
     # towers; 0 here keeps towers saved before view tokens existed loading as they were.
     view: int = 0
@@ -109,7 +112,8 @@ class PointCloudEncoder(ModalityEncoder):
 
     def augment(self, batch):
         """Random rotation about the vertical axis and scaling, the same for centres and groups; then
-        jitter on the neighbour offsets and a random subset of groups dropped (``jitter``, ``token_drop``)."""
+        jitter on the neighbour offsets and some groups dropped (``jitter``, ``token_drop``): at random,
+        or those of one side (``partial``), as a scan from one direction misses them."""
         b = batch["centres"].shape[0]
         angle = (torch.rand(b) - 0.5) * (math.pi / 12)  # +-7.5 degrees
         cos, sin = angle.cos(), angle.sin()
@@ -125,10 +129,29 @@ class PointCloudEncoder(ModalityEncoder):
         if self.config.token_drop:
             g = out["centres"].shape[1]
             keep = g - int(round(g * self.config.token_drop))
-            idx = torch.rand(b, g).argsort(1)[:, :keep]
+            scores = torch.rand(b, g)
+            one_side = torch.rand(b) < self.config.partial
+            if one_side.any():
+                direction = F.normalize(torch.randn(b, 2), dim=1)
+                along = (out["centres"][..., :2] * direction[:, None]).sum(-1) + 0.1 * scores  # (B, G)
+                scores = torch.where(one_side[:, None], along, scores)
+            idx = scores.argsort(1)[:, :keep]
             out["neighbours"] = torch.gather(out["neighbours"], 1, idx[:, :, None, None].expand(-1, -1, *out["neighbours"].shape[2:]))
             out["centres"] = torch.gather(out["centres"], 1, idx[:, :, None].expand(-1, -1, 3))
+            if one_side.any():
+                centres, neighbours = self._recentred(out)
+                out["centres"] = torch.where(one_side[:, None, None], centres, out["centres"])
+                out["neighbours"] = torch.where(one_side[:, None, None, None], neighbours, out["neighbours"])
         return out
+
+    def _recentred(self, groups: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """What is left of each cloud moved and scaled back into the unit sphere, as
+        :meth:`preprocess` centres and scales a partial cloud: (centres, neighbour offsets)."""
+        centres = groups["centres"]
+        centre = centres.mean(1, keepdim=True)
+        points = groups["neighbours"] / self.config.neighbour_scale + (centres - centre)[:, :, None]
+        reach = points.norm(dim=-1).flatten(1).amax(1).clamp(min=1e-6)  # (B,)
+        return (centres - centre) / reach[:, None, None], groups["neighbours"] / reach[:, None, None, None]
 
     def project(self, points: torch.Tensor) -> torch.Tensor:
         """Splat ``(B, P, 3)`` unit-sphere points onto a ``view x view`` grid of the x-y plane
