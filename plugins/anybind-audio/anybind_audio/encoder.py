@@ -81,6 +81,9 @@ def _decode_with_pyav(path: Path) -> tuple[np.ndarray, int]:
     return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), rate
 
 
+NARROW_RATES = (8000, 11025, 12000)  # rates with short resampling kernels from 16 kHz
+
+
 @dataclass
 class AudioEncoderConfig:
     seconds: float = 1.0  # clips are cropped (centre) or zero-padded to this length
@@ -90,8 +93,12 @@ class AudioEncoderConfig:
     layers: int = 1  # transformer layers over the conv patch tokens
     heads: int = 4
     noise_snr_db: tuple = (5.0, 40.0)  # training-time noise
-    speed: tuple = (1.0, 1.0)  # training-time speed (and pitch) change by resampling, e.g. (0.8, 1.25); off
+    speed: tuple = (0.8, 1.25)  # training-time speed (and pitch) change by resampling; (1, 1): off
     spec_masks: int = 2  # SpecAugment masks of each kind, training only
+    #: training only: the share of clips heard as if recorded at a lower rate (resampled to
+    #: 8, 11.025 or 12 kHz and back), so that speech without its top band (telephone, 8 kHz files) still reads
+    narrowband: float = 0.3
+    f_max: float = 7600.0  # the mel filterbank's top (Hz)
     #: a pretrained trunk (hf:PATH, anybind.trunks): its feature extractor then sets the sampling
     #: rate and features, and train_trunk how much of it trains
     trunk: str = ""
@@ -119,7 +126,7 @@ class AudioEncoder(ReferencedTrunk, ModalityEncoder):
             self.setup_trunk(self.trunk.model, self.trunk.blocks, self.trunk.lora_targets)
             return
         self.melspec = torchaudio.transforms.MelSpectrogram(
-            SAMPLE_RATE, n_fft=400, win_length=400, hop_length=160, n_mels=c.mels, f_min=20, f_max=7600
+            SAMPLE_RATE, n_fft=400, win_length=400, hop_length=160, n_mels=c.mels, f_min=20, f_max=c.f_max
         )
 
         def block(c_in, c_out):
@@ -152,7 +159,8 @@ class AudioEncoder(ReferencedTrunk, ModalityEncoder):
 
     def augment(self, batch):
         """A random speed (``speed``: voices speak slower or faster, and higher or lower), placement
-        in the window, gain, and white or low-passed noise at a random SNR."""
+        in the window, gain, a lower recording rate for some (``narrowband``), and white or low-passed
+        noise at a random SNR."""
         import torchaudio
 
         wave, length = batch["wave"], batch["length"].clone()
@@ -170,6 +178,10 @@ class AudioEncoder(ReferencedTrunk, ModalityEncoder):
             offset = int(torch.randint(0, total - n + 1, ()))
             shifted[i, offset : offset + n] = word
         shifted = shifted * torch.empty(b, 1).uniform_(0.3, 1.5)
+        for i in torch.nonzero(torch.rand(b) < self.config.narrowband).flatten().tolist():
+            rate = NARROW_RATES[int(torch.randint(len(NARROW_RATES), ()))]
+            shifted[i] = torchaudio.functional.resample(torchaudio.functional.resample(shifted[i], SAMPLE_RATE, rate),
+                                                        rate, SAMPLE_RATE)[:total]
         noise = torch.randn_like(shifted)
         if torch.rand(()) < 0.5:
             noise = torchaudio.functional.lowpass_biquad(noise, SAMPLE_RATE, float(torch.empty(()).uniform_(500, 4000)))
