@@ -1,14 +1,16 @@
 """The sample world: real data for every installed modality, plus a manifest (:mod:`anybind.data.manifest`).
 
-The world is built around sklearn's 1,797 real handwritten digits. Core provides the
+The world is built around sklearn's 1,797 real handwritten digits, with digits printed in
+the training font families added to the training split (:mod:`anybind.data.printed`): type
+as well as handwriting, so that a tower learns a digit's shape and not one hand. Core provides the
 digits, their held-out split and the captions; each modality plugin writes its own
 part through the ``world`` factory of its :class:`~anybind.specs.ModalitySpec`
 (``world(builder)``), attaching files either to one digit (an instance pair, e.g. a video
 of *that* seven) or to a class label (e.g. the word "seven" spoken).
 
 The ``ood`` variant (``build_world(..., variant="ood")``) is an evaluation set made
-differently: digits printed in real fonts (:mod:`anybind.data.printed`), every row held out, and each plugin writes its part in styles of its own that training never showed
-(``builder.variant``).
+differently: digits printed in font families training never used, every row held out, and
+each plugin writes its part in styles of its own that training never showed (``builder.variant``).
 
 Its ``world.json`` says everything the stages need to know about digits in words (see
 :mod:`anybind.data.manifest`); this is the only module that knows them.
@@ -112,6 +114,16 @@ def _printed(families: tuple[str, ...], per_font: int, fonts: int | None, rng, s
     return Digits(grids, np.array(labels, dtype=np.int64), [split] * len(labels), glyphs)
 
 
+def with_printed(digits: Digits, per_font: int, fonts: int | None, seed: int) -> Digits:
+    """``digits`` plus every digit printed in the training font families, in the training split
+    (the held-out split stays handwriting: the sample split's figures keep their meaning)."""
+    from anybind.data.printed import TRAIN_FAMILIES
+
+    printed = _printed(TRAIN_FAMILIES, per_font, fonts, np.random.default_rng(seed + 1), "train")
+    return Digits(np.concatenate([digits.images, printed.images]), np.r_[digits.labels, printed.labels],
+                  digits.splits + printed.splits, digits.glyphs + printed.glyphs)
+
+
 def ood_digits(per_font: int, fonts: int | None, seed: int) -> Digits:
     """Digits printed in the font families the training world never used; every one held out."""
     from anybind.data.printed import OOD_FAMILIES
@@ -135,6 +147,8 @@ class WorldBuilder:
         self.labels = list(DIGIT_WORDS)
         #: a plugin may say how a caption of its modality's samples reads (``world.json``'s ``captions``)
         self.captions: dict[str, str] = {}
+        #: and how a new tower should read them, as encoder settings (``world.json``'s ``encoders``)
+        self.encoders: dict[str, dict] = {}
         self._digit_rows: list[dict[str, Any]] = []
         for i in range(len(digits)):
             word = digits.word(i)
@@ -209,7 +223,9 @@ def build_world(
             raise InputError(root, f"the {name} plugin ({plugins.modality_owner(name)}) does not build sample-world data")
     if variant not in VARIANTS:
         raise InputError(root, f"unknown world variant {variant!r} (known: {', '.join(VARIANTS)})")
-    digits = load_digits(limit) if variant == "sample" else ood_digits(1, 3 if small else None, seed)
+    fonts = 3 if small else None
+    digits = with_printed(load_digits(limit), 1 if small else 2, fonts, seed) if variant == "sample" \
+        else ood_digits(1, fonts, seed)
     builder = WorldBuilder(root, digits, seed=seed, small=small, variant=variant)
     bar = tqdm(names, desc="world", unit="modality", disable=not progress)
     for name in bar:
@@ -222,7 +238,7 @@ def build_world(
         {"prompt": PROMPT_TEMPLATE, "labels": builder.labels, "question": QUESTION, "answer": ANSWER_TEMPLATE,
          "aliases": {word: [str(i)] for i, word in enumerate(DIGIT_WORDS)}, "kind": "digit",
          "subject": "the number {label}", "questions": list(QUESTIONS), "facts": digit_facts(), "demo": list(DEMO),
-         "captions": builder.captions, "modalities": names, "seed": seed, "digits": len(builder.digits), "variant": variant},
+         "captions": builder.captions, "encoders": builder.encoders, "modalities": names, "seed": seed, "digits": len(builder.digits), "variant": variant},
     )
     return manifest
 
