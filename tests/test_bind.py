@@ -50,6 +50,28 @@ def test_bind_trains_image_against_text_and_beats_chance(world, bound):
     assert 0 < results["image"]["linear_probe"] <= 1
 
 
+def test_the_world_says_how_its_images_read_and_the_tower_keeps_it(world, bound):
+    from PIL import ImageOps
+
+    assert read_manifest(world).encoders["image"]["normalize"] == "ink"
+    encoder = anybind.load(bound).towers["image"].encoder
+    assert encoder.config.normalize == "ink"
+    # read as line drawings: the same digit as chalk on a board reads as on paper
+    paper = load_image(next(r["image"] for r in read_manifest(world).select("test", has=("image",))))
+    paper_pixels, chalk_pixels = (encoder.preprocess(x)["pixels"] for x in (paper, ImageOps.invert(paper)))
+    assert (paper_pixels - chalk_pixels).abs().max() < 1e-5
+
+
+def test_an_encoder_setting_the_plugin_lacks_is_refused_naming_world_json(world, tmp_path):
+    from anybind.training.bind import tower_config
+    from anybind.training.settings import BindSettings
+
+    manifest = read_manifest(world)
+    manifest.encoders = {"image": {"normalise": "ink"}}
+    with pytest.raises(InputError, match=r"world\.json.*encoders\.image.*'normalise'"):
+        tower_config("image", BindSettings(), manifest)
+
+
 def test_a_trained_modality_is_not_retrained(world, bound):
     before = (bound / "image" / "model.safetensors").read_bytes()
     proc = run_cli("train", "bind", "--manifest", str(world), "--out", str(bound), "--steps", "60", check=True)
