@@ -57,6 +57,29 @@ def test_attachment_soft_tokens_sit_where_the_attachment_is(tiny_lm):
     assert torch.equal(embeds[0, start : start + 4], soft[0]) and mask.all()
 
 
+def test_the_request_starts_at_the_last_messages_content_and_ids_are_those_of_one_pass(tiny_lm):
+    backbone = load_backbone(f"hf:{tiny_lm}")
+    tokenizer = backbone.tokenizer
+    turns = [Turn("user", "Which digit is this?"), Turn("assistant", "It is the digit seven."),
+             Turn("user", "Now write about the number four, then draw it.")]
+    encoded = encode(tokenizer, turns, 4)
+    prompt = tokenizer.apply_chat_template([{"role": t.role, "content": t.text} for t in turns], tokenize=False,
+                                           add_generation_prompt=True)
+    assert encoded.ids == tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(encoded.ids[encoded.request_start:]).startswith("Now write about the number four")
+    assert "seven" not in tokenizer.decode(encoded.ids[encoded.request_start:])
+    # with attachments in the earlier turn and in the request, each slot stays where it was
+    audio = Attachment("audio", "seven.wav", torch.zeros(8))
+    image = Attachment("image", "four.png", torch.zeros(8))
+    turns[0].attachments, turns[2].attachments = [audio], [image]
+    encoded = encode(tokenizer, turns, 4)
+    (first, a), (second, b) = encoded.slots
+    assert (a, b) == (audio, image) and first < encoded.request_start <= second
+    assert tokenizer.decode(encoded.ids[encoded.request_start:second]) == "[image: "
+    single = encode(tokenizer, turns[-1:], 4)
+    assert tokenizer.decode(single.ids[single.request_start:]).startswith("[image: ")
+
+
 def test_decode_loop_matches_transformers_generate(tiny_lm):
     """Same tokens as `generate` on the same left-padded batch of embeddings with soft tokens."""
     backbone = load_backbone(f"hf:{tiny_lm}")

@@ -130,7 +130,7 @@ def test_img_context_in_a_left_padded_batch_is_each_rows_own(drawing_chat, tmp_p
     encodings = [encode(backbone.tokenizer, model.conversation(p), model.soft_tokens) for p in prompts]
     embeds, mask = input_embeddings(backbone, encodings, [None, None], pad_left=True)
     vocab = OutputVocab([gen], backbone.vocab_size)
-    tracker = OutputStates(vocab, mask)
+    tracker = OutputStates(vocab, mask, [e.request_start for e in encodings])
     done = []
     for token, hidden in decode_with_outputs(backbone.model, embeds, mask, SamplingOptions(6), backbone.stop_ids, vocab,
                                              max_outputs=1):
@@ -140,7 +140,10 @@ def test_img_context_in_a_left_padded_batch_is_each_rows_own(drawing_chat, tmp_p
         alone, _ = input_embeddings(backbone, [encodings[row]], [None], pad_left=True)
         with torch.no_grad():
             expected = backbone.model.base_model(inputs_embeds=alone).last_hidden_state[0]
-        assert context.shape == expected.shape and torch.allclose(context, expected, atol=1e-4)
+        # the request's own states only: from its first word (the system prompt left out)
+        expected = expected[encodings[row].request_start:]
+        assert 0 < encodings[row].request_start and context.shape == expected.shape
+        assert torch.allclose(context, expected, atol=1e-4)
 
 
 def test_the_output_projector_reads_the_context_when_configured():

@@ -48,7 +48,8 @@ def greedy_answers(model, conversations: Sequence[list[Turn]], *, max_new_tokens
         soft = [model.soft_tokens_for(e, projector) for e in chunk]
         embeds, mask = input_embeddings(model.backbone, chunk, soft, pad_left=True)
         if make and model.outputs:
-            answers += _with_outputs(model, embeds, mask, max_new_tokens, seed, steps, max_outputs)
+            answers += _with_outputs(model, embeds, mask, [e.request_start for e in chunk], max_new_tokens, seed, steps,
+                                    max_outputs)
         else:
             tokens = list(decode_text(model.backbone.model, embeds, mask, SamplingOptions(max_new_tokens),
                                       model.backbone.stop_ids, prefix=prefix))
@@ -57,11 +58,11 @@ def greedy_answers(model, conversations: Sequence[list[Turn]], *, max_new_tokens
     return answers
 
 
-def _with_outputs(model, embeds, mask, max_new_tokens: int, seed: int, steps: int | None,
+def _with_outputs(model, embeds, mask, request_starts: list[int], max_new_tokens: int, seed: int, steps: int | None,
                   max_outputs: int) -> list[Answer]:
     backbone = model.backbone
     vocab = OutputVocab(list(model.outputs.values()), backbone.vocab_size)
-    tracker = OutputStates(vocab, mask)
+    tracker = OutputStates(vocab, mask, request_starts)
     ids: list[list[int]] = [[] for _ in range(len(mask))]
     pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
     for token, hidden in decode_with_outputs(backbone.model, embeds, mask, SamplingOptions(max_new_tokens),

@@ -48,6 +48,9 @@ class Encoded:
     ids: list[int]
     slots: list[tuple[int, Attachment]]  # (position of the first soft token, attachment), in order
     answer_start: int | None = None  # first id of the assistant answer (training examples)
+    #: first id of the last turn, the request being answered: an output is made from what was
+    #: said from here on (earlier turns reach it only through the LM's own states)
+    request_start: int = 0
 
 
 class ContextOverflow(AnybindError):
@@ -72,18 +75,23 @@ def encode(tokenizer, turns: list[Turn], soft_tokens: int, *, answer: str | None
     """Token ids for ``turns`` (ending with a generation prompt); with ``answer``, the assistant's
     reply is appended and ``answer_start`` marks where it begins (for a captioning loss)."""
     prompt = render(tokenizer, turns, add_generation_prompt=True)
-    pieces = prompt.split(PLACEHOLDER)
-    attachments = [a for t in turns for a in t.attachments]
-    if len(pieces) != len(attachments) + 1:
+    attachments = iter([a for t in turns for a in t.attachments])
+    if len(prompt.split(PLACEHOLDER)) != sum(len(t.attachments) for t in turns) + 1:
         raise AnybindError("the chat template dropped or repeated an attachment; it must keep message content verbatim")
+    # The last message's content is verbatim in the prompt; ids are counted up to it and then on
+    # (a message's content starts a new pre-token, so these are the ids of one pass).
+    cut = max(0, prompt.rfind(_content(turns[-1]))) if turns else 0
     ids: list[int] = []
-    slots = []
-    for piece, attachment in zip(pieces, attachments + [None]):
-        ids += _tokenize(tokenizer, piece)
-        if attachment is not None:
-            slots.append((len(ids), attachment))
-            ids += [tokenizer.pad_token_id] * soft_tokens
-    encoded = Encoded(ids, slots)
+    slots: list[tuple[int, Attachment]] = []
+    for part in (prompt[:cut], prompt[cut:]):
+        request_start = len(ids)
+        pieces = part.split(PLACEHOLDER)
+        for n, piece in enumerate(pieces):
+            ids += _tokenize(tokenizer, piece)
+            if n < len(pieces) - 1:
+                slots.append((len(ids), next(attachments)))
+                ids += [tokenizer.pad_token_id] * soft_tokens
+    encoded = Encoded(ids, slots, request_start=request_start)
     if answer is not None:
         full = render(tokenizer, turns + [Turn("assistant", answer)], add_generation_prompt=False)
         full = full.replace(PLACEHOLDER, "")
@@ -154,7 +162,8 @@ def split_prefix(batch: list[Encoded]) -> tuple[list[int], list[Encoded]]:
     while cut < limit and all(e.ids[cut] == first[cut] for e in batch):
         cut += 1
     tails = [Encoded(e.ids[cut:], [(p - cut, a) for p, a in e.slots],
-                     None if e.answer_start is None else e.answer_start - cut) for e in batch]
+                     None if e.answer_start is None else e.answer_start - cut, max(0, e.request_start - cut))
+             for e in batch]
     return first[:cut], tails
 
 

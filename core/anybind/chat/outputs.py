@@ -55,13 +55,15 @@ class OutputStates:
     yield (the prompt's first: ``prompt_mask`` (B, L), 1 where a row's prompt is, not its
     padding); after a row's token was ``[TOK_j]``, the next ``hidden[:, -1]`` is that token's
     state. :meth:`push` returns ``(row, output index, states (k, H), context (n, H))`` for
-    rows whose output is complete.
+    rows whose output is complete; the context starts at the row's ``request_starts`` (the
+    :attr:`~anybind.chat.conversation.Encoded.request_start` of its prompt; 0: all of it).
     """
 
-    def __init__(self, vocab: OutputVocab, prompt_mask: torch.Tensor):
+    def __init__(self, vocab: OutputVocab, prompt_mask: torch.Tensor, request_starts: list[int] | None = None):
         self.vocab = vocab
         self.prompt_mask = prompt_mask.bool()
         rows = len(prompt_mask)
+        self.request_starts = list(request_starts) if request_starts is not None else [0] * rows
         self.seen: list[list[torch.Tensor]] = [[] for _ in range(rows)]  # every state of the row, in order
         self.states: list[list[torch.Tensor]] = [[] for _ in range(rows)]
         self.after: list[int | None] = [None] * rows  # the output whose token the row just fed
@@ -77,7 +79,7 @@ class OutputStates:
                 k = self.vocab.outputs[output].tokens
                 if len(self.states[row]) == k:
                     seen = torch.cat(self.seen[row])
-                    done.append((row, output, torch.stack(self.states[row]), seen[: len(seen) - k]))
+                    done.append((row, output, torch.stack(self.states[row]), seen[self.request_starts[row]: len(seen) - k]))
                     self.states[row] = []
             owner = self.vocab.owner(token_id)
             self.after[row] = owner[0] if owner is not None else None

@@ -42,7 +42,7 @@ def respond(model, turns: list[Turn], options: SamplingOptions | None = None, *,
     else:
         steps = decode_with_outputs(backbone.model, embeds, mask, options, backbone.stop_ids, vocab,
                                     max_outputs=max_images, boundaries=model.boundaries)
-    tracker = OutputStates(vocab, mask) if vocab is not None else None
+    tracker = OutputStates(vocab, mask, [encoded.request_start]) if vocab is not None else None
     stream, stop = TextStream(backbone.tokenizer), set(backbone.stop_ids)
     first, reason, count, made, kinds = None, "length", 0, 0, {}
     for token, hidden in steps:

@@ -106,7 +106,8 @@ def _examples(chat: ChatModel, conversations, modality: str, vocab: int, boundar
         else:  # text before the output (maybe none), then [TOK0]
             encoded = encode(tokenizer, turns, chat.soft_tokens)
             start = len(encoded.ids)
-            encoded = Encoded(encoded.ids + text_before_output(tokenizer, text, boundaries), encoded.slots, start)
+            encoded = Encoded(encoded.ids + text_before_output(tokenizer, text, boundaries), encoded.slots, start,
+                              encoded.request_start)
             targets = [(p - 1, encoded.ids[p]) for p in range(start, len(encoded.ids))] + [(len(encoded.ids) - 1, vocab)]
         # Only where [TOK0] may compete at all: the answer's first token and after sentence ends.
         first = targets[0][0]

@@ -43,7 +43,7 @@ from anybind.layout import DONE_NAME, ChatDir, decoder_reference_for
 from anybind.models.decoders import load_prompt_encoder, parse_reference
 from anybind.models.losses import conditioning_loss
 from anybind.models.space import embed_rows
-from anybind.training.dialogues import Dialogue, encode_dialogue, make_dialogues
+from anybind.training.dialogues import OWN, Dialogue, encode_dialogue, make_dialogues
 from anybind.training.settings import InstructSettings
 from anybind.training.stage import Stage
 from anybind.training.trainer import LoopSettings, say

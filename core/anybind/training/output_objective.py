@@ -86,7 +86,8 @@ class OutputObjective(nn.Module):
                                    torch.cat([layer.values[row, :, :n], layer.values[row, :, n + offset:]], dim=1))
                                   for layer in out.past_key_values.layers]
                     item["cond"] = cond_of[e.caption]
-                    item["context"] = torch.cat([prefix.hidden, out.last_hidden_state[row, offset:]]).float().cpu()  # everything before [IMG0]
+                    # the request and the answer before [IMG0], as chat reads them
+                    item["context"] = torch.cat([prefix.hidden, out.last_hidden_state[row, offset:]])[e.encoded.request_start:].float().cpu()
                 self.cache[index] = item
         self.bank = torch.stack(list(cond_of.values()))  # conditioning_loss skips a bank of one
         drawn = [it for it in self.cache.values() if "kv" in it]
