@@ -14,7 +14,7 @@ import torch
 
 import anybind
 from anybind.chat.conversation import Attachment, Turn, encode
-from anybind.training.dialogues import Dialogue, encode_dialogue, make_dialogues
+from anybind.training.dialogues import OWN, Dialogue, encode_dialogue, make_dialogues
 from anybind.data import read_manifest
 from conftest import IMAGES_OUT_ONLY, run_cli
 
@@ -56,14 +56,15 @@ def test_dialogues_cover_every_kind_and_refer_back(small_world):
     dialogues = make_dialogues(manifest, att, 64, seed=0, outputs={"image": PROMPTS})
     answers = [[segment[0] for segment in d.answer] for d in dialogues]
     assert ["text"] in answers and ["output"] in answers and ["text", "output"] in answers and ["own"] in answers
-    follow_ups = [d for d in dialogues if len(d.turns) == 3]
-    assert follow_ups and all(d.turns[1].role == "assistant" for d in follow_ups)
-    # "Now draw it." after a question about an attachment draws that attachment's label.
-    draw_after = [d for d in follow_ups if d.answer[0][0] == "output" and d.turns[0].attachments]
-    assert draw_after
-    for d in draw_after:
-        label = d.turns[1].text.split()[-1].rstrip(".")
+    follow_ups = [d for d in dialogues if d.turns[-1].text in PROMPTS.follow]
+    assert follow_ups and all(d.turns[-2].role == "assistant" for d in follow_ups)
+    # "Now draw it." after a question about an attachment draws that attachment's label, with
+    # plain chat between them at times.
+    for d in follow_ups:
+        asked = next(n for n in reversed(range(len(d.turns))) if d.turns[n].attachments)
+        label = d.turns[asked + 1].text.split()[-1].rstrip(".")
         assert d.answer[0][1:] == ("image", manifest.prompt.format(label=label))
+    assert any(d.turns[-2].text == OWN for d in follow_ups)
     assert {a.modality for d in dialogues for t in d.turns for a in t.attachments} == {"image", "audio"}
     # A sentence before a drawing names the label first (what eval generate checks).
     for d in dialogues:
@@ -71,7 +72,33 @@ def test_dialogues_cover_every_kind_and_refer_back(small_world):
             label = d.answer[1][2].split()[-1]
             assert d.answer[0][1].lower().startswith(label)
     # No world-specific word comes from core: the follow-ups say the world's own kind of label.
-    assert any("digit" in d.turns[-1].text for d in follow_ups)
+    assert any("digit" in d.turns[-1].text for d in dialogues if len(d.turns) > 1 and not d.turns[-1].attachments)
+
+
+def test_dialogues_change_subject_and_ask_about_several_attachments(small_world):
+    manifest = read_manifest(small_world)
+    att = {m: [(Attachment(m, f"{m}.x", torch.zeros(4)), label) for label in manifest.labels] for m in ("image", "audio")}
+    from anybind_diffusion.prompts import PROMPTS
+
+    dialogues = make_dialogues(manifest, att, 96, seed=1, outputs={"image": PROMPTS})
+    follow = {f.format(**manifest.fill(label)) for f in PROMPTS.follow for label in manifest.labels}
+    # About half start with earlier turns about other labels; a request after them is answered
+    # about what it asks, never the earlier subject.
+    requests = [d for d in dialogues if len(d.turns) > 1 and d.answer[-1][0] == "output"
+                and d.turns[-1].text not in follow]
+    assert len(requests) >= 5
+    for d in requests:
+        drawn = d.answer[-1][2].split()[-1]
+        earlier = [t.text.split()[-1].rstrip(".") for t in d.turns if t.role == "assistant" and not t.attachments]
+        earlier += [t.text.split()[0].lower().rstrip(".,:;") for t in d.turns if t.role == "assistant" and t.attachments]
+        assert earlier and drawn not in earlier
+    several = [d for d in dialogues if len(d.turns[-1].attachments) > 1]
+    assert several
+    for d in several:
+        answer = d.answer[0][1].lower()
+        for attachment in d.turns[-1].attachments:
+            label = next(l for a, l in att[attachment.modality] if a is attachment)
+            assert label in answer
 
 
 def test_encoded_answers_target_img0_and_skip_the_forced_tokens(tiny_lm):

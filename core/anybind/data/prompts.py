@@ -43,6 +43,11 @@ CHAT = ("What is 2+3?", "Say hello.", "Name a color.", "What is 7 times 8?", "Te
 
 #: Follow-ups that ask for the earlier answer's label in one word.
 FOLLOW_NAME = ("Name it in one word.", "Just the word, please.", "Say it in one word.")
+#: ...or ask again which one the last attachment was (after other talk, maybe).
+SAY_AGAIN = ("Which {kind} was that?", "What was that one again?", "Which one was it?", "And that {kind} was?")
+#: Questions about several attachments at once, answered with each one's label in order.
+SEVERAL = ("What are these?", "What {kind}s do these show?", "What do these show?", "Name each of these.",
+           "What is in these attachments?")
 
 #: The multi-turn evaluation's own wording (never trained on): plain questions between the turns
 #: about attachments, asking again about the last attachment, and about several at once.

@@ -6,7 +6,11 @@
 * with several output modalities, a sentence and then every output ("..., then draw it and say it");
 * follow-ups that refer to an earlier turn: "Now draw it." after a question about an
   attachment, "Which digit did you draw?" after the model's own output, "Name it in one word.";
-* plain chat, answered by the frozen LM's own words (so the adapters keep its manners).
+* plain chat, answered by the frozen LM's own words (so the adapters keep its manners);
+* a question about several attachments at once, answered with each one's label in order;
+* and about half of them after earlier turns about *other* labels (a question about an
+  attachment, or a sentence and an output), sometimes with plain chat between a follow-up and
+  the turn it refers to: the answer follows the request, not the conversation's earlier subject.
 
 Every world-specific word comes from the manifest (:meth:`~anybind.data.manifest.Manifest.fill`,
 ``questions``, ``facts``), and how to ask for an output from its decoder's prompts.
@@ -19,8 +23,13 @@ from dataclasses import dataclass, field
 
 from anybind.chat.conversation import Attachment, Encoded, Turn, _tokenize, encode
 from anybind.data.manifest import Manifest
-from anybind.data.prompts import ASK, CHAT, FOLLOW_NAME, TOPICS, WRITE_AND_ALL, OutputPrompts
+from anybind.data.prompts import ASK, CHAT, FOLLOW_NAME, SAY_AGAIN, SEVERAL, TOPICS, WRITE_AND_ALL, OutputPrompts
 from anybind.specs import BINDING_MODALITY
+
+#: An assistant turn whose words are the frozen LM's own, filled in when the LM has answered.
+OWN = "\x00own"
+#: The share of conversations that start with earlier turns about another label.
+EARLIER = 0.5
 
 
 @dataclass
@@ -60,10 +69,6 @@ def make_dialogues(manifest: Manifest, attachments: dict[str, list[tuple[Attachm
     ``outputs``: the prompts of each output modality the model makes (none: text only). With
     several, a share of the requests asks for a sentence and then every output, in either order."""
     rng = random.Random(seed)
-    labels = manifest.labels
-    answer_of = manifest.answer or "{label}."
-    question = manifest.question or "What is this?"
-    modalities = sorted(attachments)
     made = sorted(outputs)
     # None: every output in one answer. The main output (images, what "draw it" asks for) keeps
     # as many requests as all others: with an equal share, requests drawn right fell from 0.95 to 0.86.
@@ -72,44 +77,95 @@ def make_dialogues(manifest: Manifest, attachments: dict[str, list[tuple[Attachm
     slots = [main, *others, None, main, None] if others else made
     out = []
     for i in range(count):
-        kind = i % 8
-        label = labels[i % len(labels)]
         output = slots[i // 8 % len(slots)] if made else None
-        caption = manifest.caption(output or BINDING_MODALITY, label)
-        fill = manifest.fill(label, caption)
-        prompts = outputs.get(output)
-        pool = attachments[modalities[i // 8 % len(modalities)]]
-        if kind in (0, 1):  # a question about an attachment of any modality
-            attachment, label = rng.choice(pool)
-            ask = rng.choice(manifest.questions) if manifest.question and manifest.questions else question
-            out.append(Dialogue([Turn("user", ask, [attachment])], [("text", answer_of.format(label=label))]))
-        elif kind in (2, 3, 4, 5) and made and output is None:  # a sentence, then every output
-            out.append(every_output(manifest, outputs, label, rng))
-        elif kind == 2 and prompts:  # make an output
-            out.append(Dialogue([Turn("user", rng.choice(prompts.request).format(**fill))], [("output", output, caption)]))
-        elif kind == 3 and prompts:  # say something, then make an output
-            out.append(Dialogue([Turn("user", rng.choice(prompts.write_and).format(**fill))],
-                                [("text", about(manifest, label, caption, rng)), ("output", output, caption)]))
-        elif kind == 4 and prompts:  # follow-up: make what the attachment was
-            attachment, label = rng.choice(pool)
-            history = [Turn("user", question, [attachment]), Turn("assistant", answer_of.format(label=label))]
-            follow = rng.choice(prompts.follow).format(**manifest.fill(label))
-            out.append(Dialogue(history + [Turn("user", follow)], [("output", output, manifest.caption(output, label))]))
-        elif kind == 5 and prompts and output in attachments:  # follow-up about the model's own output
-            made_one, label = rng.choice(attachments[output])
-            asked = manifest.fill(label, manifest.caption(output, label))
-            history = [Turn("user", rng.choice(prompts.request).format(**asked)), Turn("assistant", "", [made_one])]
-            ask = rng.choice(prompts.ask_made).format(**asked)
-            out.append(Dialogue(history + [Turn("user", ask)], [("text", answer_of.format(label=label))]))
-        elif kind == 6:  # follow-up in words
-            attachment, label = rng.choice(pool)
-            history = [Turn("user", question, [attachment]), Turn("assistant", answer_of.format(label=label))]
-            out.append(Dialogue(history + [Turn("user", rng.choice(FOLLOW_NAME))], [("text", label[:1].upper() + label[1:] + ".")]))
-        else:  # plain chat: the frozen LM's own answer (filled in later)
-            topic = rng.choice(TOPICS).format(**fill)
-            ask = rng.choice(CHAT) if rng.random() < 0.3 else rng.choice(ASK).format(t=topic)
-            out.append(Dialogue([Turn("user", ask)], [("own", "")]))
+        pool = attachments[sorted(attachments)[i // 8 % len(attachments)]]
+        dialogue, label = _dialogue(manifest, i % 8, manifest.labels[i % len(manifest.labels)], output, pool,
+                                    attachments, outputs, rng)
+        if rng.random() < EARLIER:
+            dialogue.turns = _earlier(manifest, label, attachments, outputs, rng) + dialogue.turns
+        out.append(dialogue)
     return out
+
+
+def _dialogue(manifest: Manifest, kind: int, label: str, output: str | None, pool, attachments, outputs,
+              rng: random.Random) -> tuple[Dialogue, str]:
+    """One conversation of ``kind`` (see the module docstring), and the label it is about."""
+    answer_of = manifest.answer or "{label}."
+    question = manifest.question or "What is this?"
+    caption = manifest.caption(output or BINDING_MODALITY, label)
+    fill = manifest.fill(label, caption)
+    prompts = outputs.get(output)
+    if kind == 0 or (kind == 1 and rng.random() < 0.7):  # a question about an attachment of any modality
+        attachment, label = rng.choice(pool)
+        ask = rng.choice(manifest.questions) if manifest.question and manifest.questions else question
+        return Dialogue([Turn("user", ask, [attachment])], [("text", answer_of.format(label=label))]), label
+    if kind == 1:  # several attachments at once, of any modalities, each named in order
+        several = rng.sample([p for ps in attachments.values() for p in ps], rng.choice((2, 2, 3)))
+        names = [l for _, l in several]
+        kind_of = manifest.kind or "one"
+        ask = rng.choice(SEVERAL).format(kind=kind_of)
+        answer = ", ".join(names[:-1]) + f" and {names[-1]}."
+        return Dialogue([Turn("user", ask, [a for a, _ in several])], [("text", answer[:1].upper() + answer[1:])]), names[-1]
+    if kind in (2, 3, 4, 5) and outputs and output is None:  # a sentence, then every output
+        return every_output(manifest, outputs, label, rng), label
+    if kind == 2 and prompts:  # make an output
+        return Dialogue([Turn("user", rng.choice(prompts.request).format(**fill))], [("output", output, caption)]), label
+    if kind == 3 and prompts:  # say something, then make an output
+        return Dialogue([Turn("user", rng.choice(prompts.write_and).format(**fill))],
+                        [("text", about(manifest, label, caption, rng)), ("output", output, caption)]), label
+    if kind == 4 and prompts:  # follow-up: make what the attachment was (maybe after plain chat)
+        attachment, label = rng.choice(pool)
+        follow = rng.choice(prompts.follow).format(**manifest.fill(label))
+        return Dialogue(_asked(manifest, attachment, label, rng) + [Turn("user", follow)],
+                        [("output", output, manifest.caption(output, label))]), label
+    if kind == 5 and prompts and output in attachments:  # follow-up about the model's own output
+        made_one, label = rng.choice(attachments[output])
+        asked = manifest.fill(label, manifest.caption(output, label))
+        history = [Turn("user", rng.choice(prompts.request).format(**asked)), Turn("assistant", "", [made_one])]
+        ask = rng.choice(prompts.ask_made).format(**asked)
+        return Dialogue(history + [Turn("user", ask)], [("text", answer_of.format(label=label))]), label
+    if kind == 6:  # follow-up in words (maybe after plain chat)
+        attachment, label = rng.choice(pool)
+        ask = rng.choice(FOLLOW_NAME + tuple(q.format(kind=manifest.kind or "one") for q in SAY_AGAIN))
+        return Dialogue(_asked(manifest, attachment, label, rng) + [Turn("user", ask)],
+                        [("text", label[:1].upper() + label[1:] + ".")]), label
+    return Dialogue([_plain(fill, rng)], [("own", "")]), label  # plain chat: the frozen LM's own answer
+
+
+def _plain(fill: dict, rng: random.Random) -> Turn:
+    """A text-only request that asks for no output."""
+    topic = rng.choice(TOPICS).format(**fill)
+    return Turn("user", rng.choice(CHAT) if rng.random() < 0.3 else rng.choice(ASK).format(t=topic))
+
+
+def _asked(manifest: Manifest, attachment: Attachment, label: str, rng: random.Random) -> list[Turn]:
+    """A question about ``attachment`` and its answer, then (a third of the time) plain chat."""
+    question = rng.choice(manifest.questions) if manifest.questions else manifest.question or "What is this?"
+    turns = [Turn("user", question, [attachment]), Turn("assistant", (manifest.answer or "{label}.").format(label=label))]
+    if rng.random() < 1 / 3:
+        turns += [_plain(manifest.fill(label), rng), Turn("assistant", OWN)]
+    return turns
+
+
+def _earlier(manifest: Manifest, label: str, attachments, outputs: dict[str, OutputPrompts],
+             rng: random.Random) -> list[Turn]:
+    """One or two earlier exchanges about labels other than ``label``: a question about an
+    attachment and its answer, or a sentence and an output (an attachment of that modality
+    standing in for what the model made)."""
+    turns: list[Turn] = []
+    for _ in range(rng.choice((1, 1, 2))):
+        modality = rng.choice(sorted(attachments))
+        others = [p for p in attachments[modality] if p[1] != label] or attachments[modality]
+        attachment, other = rng.choice(others)
+        made = [m for m in outputs if m == modality and outputs[m].write_and]
+        if made and rng.random() < 0.5:
+            fill = manifest.fill(other, manifest.caption(modality, other))
+            turns += [Turn("user", rng.choice(outputs[modality].write_and).format(**fill)),
+                      Turn("assistant", about(manifest, other, manifest.caption(modality, other), rng), [attachment])]
+        else:
+            turns += [Turn("user", rng.choice(manifest.questions or [manifest.question or "What is this?"]), [attachment]),
+                      Turn("assistant", (manifest.answer or "{label}.").format(label=other))]
+    return turns
 
 
 def encode_dialogue(tokenizer, dialogue: Dialogue, soft_tokens: int, vocab, end_id: int) -> None:
@@ -134,4 +190,4 @@ def encode_dialogue(tokenizer, dialogue: Dialogue, soft_tokens: int, vocab, end_
     true_ids.append(end_id)
     start = len(prompt.ids)
     dialogue.targets = [(p - 1, true_ids[p]) for p in range(start, len(true_ids)) if true_ids[p] != forced]
-    dialogue.encoded = Encoded(ids, prompt.slots, start)
+    dialogue.encoded = Encoded(ids, prompt.slots, start, prompt.request_start)

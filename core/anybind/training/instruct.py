@@ -118,7 +118,8 @@ class _Tuner(nn.Module):
             if not made:
                 continue
             made_states = torch.stack([rows[row][start:start + output.tokens] for row, start, _ in made])
-            context, context_mask = pad_contexts([rows[row][:start] for row, start, _ in made])  # right padding: all real
+            # the request and the answer before [TOK0], as at chat time (right padding: all real)
+            context, context_mask = pad_contexts([rows[row][batch[row].encoded.request_start:start] for row, start, _ in made])
             target = torch.stack([self.cond_of[modality][c] for _, _, c in made]).to(states.device)
             mse, contrast = conditioning_loss(output(made_states, context, context_mask), target,
                                               self.banks.get(modality), self.settings.contrast_temperature)
@@ -197,10 +198,15 @@ def _dialogues(chat: ChatModel, manifest: Manifest, settings: InstructSettings, 
     attachments = _attachments(chat, manifest, settings.per_modality, settings.seed, progress)
     prompts = {m: parse_reference(chat.decoder_reference(m), m)[0].output_prompts() for m in chat.outputs}
     dialogues = make_dialogues(manifest, attachments, settings.conversations, settings.seed, prompts)
+    # The frozen LM's own words: for plain chat's answers, and plain chat in earlier turns.
     own = [d for d in dialogues if d.answer[0][0] == "own"]
-    if own:
-        for d, text in zip(own, chat.own_answers([d.turns[-1].text for d in own], 32, progress)):
-            d.answer = [("text", text or "OK.")]
+    earlier = [(d, n) for d in dialogues for n, t in enumerate(d.turns) if t.role == "assistant" and t.text == OWN]
+    questions = [d.turns[-1].text for d in own] + [d.turns[n - 1].text for d, n in earlier]
+    texts = chat.own_answers(questions, 32, progress) if questions else []
+    for d, text in zip(own, texts):
+        d.answer = [("text", text or "OK.")]
+    for (d, n), text in zip(earlier, texts[len(own):]):
+        d.turns[n] = Turn("assistant", text or "OK.")
     vocab = OutputVocab(list(chat.outputs.values()), backbone.vocab_size)
     end_id = encode(backbone.tokenizer, [Turn("user", "Hi")], 1, answer="Hello.").ids[-1]
     for d in dialogues:
