@@ -143,13 +143,18 @@ def normalised_pixels(raw, config) -> torch.Tensor:
 def random_affine(pixels: torch.Tensor, degrees: float, scale: float) -> torch.Tensor:
     """Each image of (B, C, H, W) turned by up to ``degrees`` and scaled by up to ``scale``, filled
     with its border (the background)."""
+    b = pixels.shape[0]
+    return turned(pixels, (torch.rand(b) * 2 - 1) * degrees, 1 + (torch.rand(b) * 2 - 1) * scale)
+
+
+def turned(pixels: torch.Tensor, degrees: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Each image of (B, C, H, W) turned by its ``degrees`` (B,) and scaled by its ``factor`` (B,)
+    about the centre, filled with its border (the background)."""
     import math
 
-    b = pixels.shape[0]
-    angle = (torch.rand(b) * 2 - 1) * math.radians(degrees)
-    factor = 1 + (torch.rand(b) * 2 - 1) * scale
-    cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor
-    theta = torch.stack([torch.stack([cos, -sin, torch.zeros(b)], 1), torch.stack([sin, cos, torch.zeros(b)], 1)], 1)
+    angle = degrees * (math.pi / 180)
+    cos, sin, zero = torch.cos(angle) / factor, torch.sin(angle) / factor, torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = torch.nn.functional.affine_grid(theta.to(pixels), list(pixels.shape), align_corners=False)
     return torch.nn.functional.grid_sample(pixels, grid, padding_mode="border", align_corners=False)
 

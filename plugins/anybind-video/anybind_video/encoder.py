@@ -65,6 +65,11 @@ class VideoEncoderConfig:
     #: each frame as the image modality normalises it ("ink": line drawings; "none": only resized)
     normalize: str = "none"
     ink_grid: int = 8
+    #: training only: each clip turned by up to ``rotate`` degrees and scaled by up to ``scale``,
+    #: and turning by up to ``turn`` degrees more from its first frame to its last (off at 0)
+    rotate: float = 0.0
+    scale: float = 0.0
+    turn: float = 0.0
     #: a pretrained image trunk read per frame (hf:PATH or timm:NAME@FILE; the image tower's own, as
     #: ImageBind does); its checkpoint then sets image_size, mean, std and width
     trunk: str = ""
@@ -116,6 +121,21 @@ class VideoEncoder(ReferencedTrunk, ModalityEncoder):
         mean = torch.tensor(c.mean).view(1, 3, 1, 1)
         std = torch.tensor(c.std).view(1, 3, 1, 1)
         return {"frames": (frames - mean) / std}
+
+    def augment(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A random turn and scale per clip, and a turn that grows frame by frame (a digit that
+        turns as it moves), as ``rotate``, ``scale`` and ``turn`` say."""
+        c = self.config
+        if not (c.rotate or c.scale or c.turn):
+            return batch
+        from anybind_image.encoder import turned
+
+        frames = batch["frames"]
+        b, t = frames.shape[:2]
+        angle = (torch.rand(b, 1) * 2 - 1) * c.rotate + (torch.rand(b, 1) * 2 - 1) * c.turn * torch.linspace(0, 1, t)
+        factor = (1 + (torch.rand(b, 1) * 2 - 1) * c.scale).expand(b, t)
+        flat = turned(rearrange(frames, "b t c h w -> (b t) c h w"), angle.flatten(), factor.flatten())
+        return {**batch, "frames": rearrange(flat, "(b t) c h w -> b t c h w", b=b)}
 
     def forward(self, frames: torch.Tensor) -> EncoderOutput:
         b = frames.shape[0]
