@@ -9,7 +9,7 @@ import torch
 from anybind import plugins
 from anybind.errors import InputError
 from anybind.models.space import Tower
-from anybind_audio.encoder import AudioEncoder, load_audio
+from anybind_audio.encoder import Audio, AudioEncoder, AudioEncoderConfig, load_audio
 from anybind_pointcloud.encoder import PointCloudEncoder, PointCloudEncoderConfig, farthest_point_sample
 from anybind_pointcloud.io import load_points, write_ply
 from anybind_video.encoder import VideoEncoder, load_video
@@ -43,6 +43,12 @@ def test_audio_encoder_tokens_and_augmentation():
     assert batch["wave"].shape == (2, 16000)
     augmented = encoder.augment(batch)
     assert not torch.equal(augmented["wave"], batch["wave"])
+    # heard as if recorded at 8-12 kHz: a 7 kHz tone is gone, a 1 kHz one stays
+    narrow = AudioEncoder(AudioEncoderConfig(narrowband=1.0, noise_snr_db=(200.0, 200.0), speed=(1.0, 1.0)))
+    t = np.arange(16000) / 16000
+    both = Audio((0.2 * np.sin(2 * np.pi * 1000 * t) + 0.2 * np.sin(2 * np.pi * 7000 * t)).astype(np.float32), 16000)
+    spectrum = np.abs(np.fft.rfft(narrow.augment(narrow.collate([narrow.preprocess(both)]))["wave"][0].numpy()))
+    assert spectrum[6500:7500].max() < 0.02 * spectrum[500:1500].max()
     encoder.eval()
     out = encoder(**batch)
     assert out.tokens.shape == (2, 12, 128)  # 101 frames -> three 2x poolings
@@ -50,8 +56,6 @@ def test_audio_encoder_tokens_and_augmentation():
 
 
 def _raw(seconds):
-    from anybind_audio.encoder import Audio
-
     return Audio(_tone(16000, seconds), 16000)
 
 
@@ -101,6 +105,23 @@ def test_video_round_trip_and_encoder(tmp_path):
     sample = encoder.preprocess(frames)
     assert sample["frames"].shape == (4, 3, 32, 32)
     assert encoder(**encoder.collate([sample, sample])).tokens.shape == (2, 4, 64)
+
+
+def test_video_augment_turns_each_clip_more_from_frame_to_frame():
+    from anybind_video.encoder import VideoEncoderConfig
+
+    digit = np.zeros((8, 8), np.float32)
+    digit[1:7, 3:5] = 1  # an upright bar: turning moves ink away from the middle columns
+    frames = np.stack(render_clip(digit, np.random.default_rng(0)))
+    still = VideoEncoder()
+    batch = still.collate([still.preprocess(frames)])
+    assert still.augment(batch) is batch  # off by default: towers saved before keep training as they did
+    torch.manual_seed(0)
+    turning = VideoEncoder(VideoEncoderConfig(turn=40.0))
+    augmented = turning.augment(batch)["frames"]
+    assert augmented.shape == batch["frames"].shape
+    moved = (augmented - batch["frames"]).abs().flatten(2).mean(-1)[0]  # (T,): how far each frame moved
+    assert moved[0] < 1e-6 < moved[-1]  # the first frame is where the turn starts
 
 
 def test_video_trunk_initialises_from_the_image_trunk():
@@ -202,6 +223,17 @@ def test_point_cloud_augment_jitters_and_drops_groups():
     assert augmented["neighbours"].shape == (2, keep, c.group_size, 3) and augmented["centres"].shape == (2, keep, 3)
     assert encoder(**augmented).tokens.shape == (2, keep, c.width)
     assert encoder(**batch).tokens.shape == (2, c.groups, c.width)  # embedding (no augment) keeps every group
+
+
+def test_a_partial_point_cloud_loses_one_side_and_is_recentred():
+    torch.manual_seed(0)
+    encoder = PointCloudEncoder(PointCloudEncoderConfig(jitter=0.0, token_drop=0.5, partial=1.0))
+    batch = encoder.collate([encoder.preprocess(_cloud())] * 4)
+    augmented = encoder.augment(batch)
+    centres = augmented["centres"]
+    assert centres.mean(1).norm(dim=-1).max() < 1e-4  # what is left is centred again
+    points = augmented["neighbours"] / encoder.config.neighbour_scale + centres[:, :, None]
+    assert abs(points.norm(dim=-1).flatten(1).amax(1) - 1).max() < 1e-4  # and reaches the unit sphere
 
 
 def test_point_cloud_view_tokens_see_the_projected_outline():
