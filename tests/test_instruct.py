@@ -190,6 +190,13 @@ def test_quickstart_skips_finished_stages_then_demos_and_evaluates(instructed, s
     (run / "bind").symlink_to(small_bound)
     (run / "decoder").symlink_to(decoder_dir)
     _copy_chat(chat, run / "chat")
+    # The tiny model's words are noise and whether it draws is chance: its gate is opened, so
+    # the demo's answers make images and the first one is timed.
+    from anybind.models.output import GenerativeOutput
+
+    gate = GenerativeOutput.from_pretrained(run / "chat" / "instruct" / "image_output")
+    gate.set_logit_offset(1e4)
+    gate.save_pretrained(run / "chat" / "instruct" / "image_output")
     first = run_cli("quickstart", "--out", str(run), "--backbone", f"hf:{tiny_lm}", timeout=900, check=True,
                     env=IMAGES_OUT_ONLY)
     record = json.loads((run / "metrics.json").read_text())
