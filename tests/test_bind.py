@@ -59,7 +59,7 @@ def test_the_world_says_how_its_images_read_and_the_tower_keeps_it(world, bound)
     # read as line drawings: the same digit as chalk on a board reads as on paper
     paper = load_image(next(r["image"] for r in read_manifest(world).select("test", has=("image",))))
     paper_pixels, chalk_pixels = (encoder.preprocess(x)["pixels"] for x in (paper, ImageOps.invert(paper)))
-    assert (paper_pixels - chalk_pixels).abs().max() < 1e-5
+    assert (paper_pixels - chalk_pixels).abs().max() < 5 / 255  # a few grey levels of rounding in 8-bit pixels
 
 
 def test_an_encoder_setting_the_plugin_lacks_is_refused_naming_world_json(world, tmp_path):
