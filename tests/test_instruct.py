@@ -82,7 +82,7 @@ def test_dialogues_change_subject_and_ask_about_several_attachments(small_world)
 
     dialogues = make_dialogues(manifest, att, 96, seed=1, outputs={"image": PROMPTS})
     follow = {f.format(**manifest.fill(label)) for f in PROMPTS.follow for label in manifest.labels}
-    # About half start with earlier turns about other labels; a request after them is answered
+    # A quarter start with earlier turns about other labels; a request after them is answered
     # about what it asks, never the earlier subject.
     requests = [d for d in dialogues if len(d.turns) > 1 and d.answer[-1][0] == "output"
                 and d.turns[-1].text not in follow]

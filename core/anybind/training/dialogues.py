@@ -8,7 +8,7 @@
   attachment, "Which digit did you draw?" after the model's own output, "Name it in one word.";
 * plain chat, answered by the frozen LM's own words (so the adapters keep its manners);
 * a question about several attachments at once, answered with each one's label in order;
-* and about half of them after earlier turns about *other* labels (a question about an
+* and a quarter of them after earlier turns about *other* labels (a question about an
   attachment, or a sentence and an output), sometimes with plain chat between a follow-up and
   the turn it refers to: the answer follows the request, not the conversation's earlier subject.
 
@@ -28,8 +28,9 @@ from anybind.specs import BINDING_MODALITY
 
 #: An assistant turn whose words are the frozen LM's own, filled in when the LM has answered.
 OWN = "\x00own"
-#: The share of conversations that start with earlier turns about another label.
-EARLIER = 0.5
+#: The share of conversations that start with earlier turns about another label: more teaches a
+#: change of subject and costs single-turn drawing (0.5: a third of requests not drawn; bench/RESULTS.md).
+EARLIER = 0.25
 
 
 @dataclass
