@@ -81,6 +81,14 @@ class Manifest:
         return {"l": label, "label": label, "c": caption or self.prompt.format(label=label),
                 "s": self.subject.format(label=label), "kind": self.kind}
 
+    def ask(self, rng) -> str:
+        """A question about an attachment, in one of the world's ways to ask it (``rng``: a ``random.Random``)."""
+        return rng.choice(self.questions or [self.question or "What is this?"])
+
+    def answer_for(self, label: str) -> str:
+        """The world's answer to that question for ``label``."""
+        return (self.answer or "{label}.").format(label=label)
+
     def caption(self, modality: str, label: str) -> str:
         """The canonical caption of ``label`` for samples of ``modality``."""
         return self.captions.get(modality, self.prompt or "{label}").format(label=label)

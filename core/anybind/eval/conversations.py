@@ -45,8 +45,7 @@ class Step:
 def _scripts(manifest: Manifest, pool: list[tuple[Attachment, str]], prompts, rng: random.Random) -> list[list[Step]]:
     """Three conversation shapes, each drawn from held-out attachments of every modality."""
     def ask(attachment, label):
-        question = rng.choice(manifest.questions or [manifest.question or "What is this?"])
-        return Step(question, [attachment], "current", (label,))
+        return Step(manifest.ask(rng), [attachment], "current", (label,))
 
     (a, la), (b, lb) = rng.sample(pool, 2)
     while lb == la:

@@ -91,15 +91,12 @@ def make_dialogues(manifest: Manifest, attachments: dict[str, list[tuple[Attachm
 def _dialogue(manifest: Manifest, kind: int, label: str, output: str | None, pool, attachments, outputs,
               rng: random.Random) -> tuple[Dialogue, str]:
     """One conversation of ``kind`` (see the module docstring), and the label it is about."""
-    answer_of = manifest.answer or "{label}."
-    question = manifest.question or "What is this?"
     caption = manifest.caption(output or BINDING_MODALITY, label)
     fill = manifest.fill(label, caption)
     prompts = outputs.get(output)
     if kind == 0 or (kind == 1 and rng.random() < 0.7):  # a question about an attachment of any modality
         attachment, label = rng.choice(pool)
-        ask = rng.choice(manifest.questions) if manifest.question and manifest.questions else question
-        return Dialogue([Turn("user", ask, [attachment])], [("text", answer_of.format(label=label))]), label
+        return Dialogue([Turn("user", manifest.ask(rng), [attachment])], [("text", manifest.answer_for(label))]), label
     if kind == 1:  # several attachments at once, of any modalities, each named in order
         several = rng.sample([p for ps in attachments.values() for p in ps], rng.choice((2, 2, 3)))
         names = [l for _, l in several]
@@ -124,7 +121,7 @@ def _dialogue(manifest: Manifest, kind: int, label: str, output: str | None, poo
         asked = manifest.fill(label, manifest.caption(output, label))
         history = [Turn("user", rng.choice(prompts.request).format(**asked)), Turn("assistant", "", [made_one])]
         ask = rng.choice(prompts.ask_made).format(**asked)
-        return Dialogue(history + [Turn("user", ask)], [("text", answer_of.format(label=label))]), label
+        return Dialogue(history + [Turn("user", ask)], [("text", manifest.answer_for(label))]), label
     if kind == 6:  # follow-up in words (maybe after plain chat)
         attachment, label = rng.choice(pool)
         ask = rng.choice(FOLLOW_NAME + tuple(q.format(kind=manifest.kind or "one") for q in SAY_AGAIN))
@@ -141,8 +138,7 @@ def _plain(fill: dict, rng: random.Random) -> Turn:
 
 def _asked(manifest: Manifest, attachment: Attachment, label: str, rng: random.Random) -> list[Turn]:
     """A question about ``attachment`` and its answer, then (a third of the time) plain chat."""
-    question = rng.choice(manifest.questions) if manifest.questions else manifest.question or "What is this?"
-    turns = [Turn("user", question, [attachment]), Turn("assistant", (manifest.answer or "{label}.").format(label=label))]
+    turns = [Turn("user", manifest.ask(rng), [attachment]), Turn("assistant", manifest.answer_for(label))]
     if rng.random() < 1 / 3:
         turns += [_plain(manifest.fill(label), rng), Turn("assistant", OWN)]
     return turns
@@ -164,8 +160,7 @@ def _earlier(manifest: Manifest, label: str, attachments, outputs: dict[str, Out
             turns += [Turn("user", rng.choice(outputs[modality].write_and).format(**fill)),
                       Turn("assistant", about(manifest, other, manifest.caption(modality, other), rng), [attachment])]
         else:
-            turns += [Turn("user", rng.choice(manifest.questions or [manifest.question or "What is this?"]), [attachment]),
-                      Turn("assistant", (manifest.answer or "{label}.").format(label=other))]
+            turns += [Turn("user", manifest.ask(rng), [attachment]), Turn("assistant", manifest.answer_for(other))]
     return turns
 
 
