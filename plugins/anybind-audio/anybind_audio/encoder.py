@@ -98,7 +98,6 @@ class AudioEncoderConfig:
     #: training only: the share of clips heard as if recorded at a lower rate (resampled to
     #: 8, 11.025 or 12 kHz and back), so that speech without its top band (telephone, 8 kHz files) still reads
     narrowband: float = 0.3
-    f_max: float = 7600.0  # the mel filterbank's top (Hz)
     #: a pretrained trunk (hf:PATH, anybind.trunks): its feature extractor then sets the sampling
     #: rate and features, and train_trunk how much of it trains
     trunk: str = ""
@@ -126,7 +125,7 @@ class AudioEncoder(ReferencedTrunk, ModalityEncoder):
             self.setup_trunk(self.trunk.model, self.trunk.blocks, self.trunk.lora_targets)
             return
         self.melspec = torchaudio.transforms.MelSpectrogram(
-            SAMPLE_RATE, n_fft=400, win_length=400, hop_length=160, n_mels=c.mels, f_min=20, f_max=c.f_max
+            SAMPLE_RATE, n_fft=400, win_length=400, hop_length=160, n_mels=c.mels, f_min=20, f_max=7600
         )
 
         def block(c_in, c_out):
@@ -178,10 +177,13 @@ class AudioEncoder(ReferencedTrunk, ModalityEncoder):
             offset = int(torch.randint(0, total - n + 1, ()))
             shifted[i, offset : offset + n] = word
         shifted = shifted * torch.empty(b, 1).uniform_(0.3, 1.5)
-        for i in torch.nonzero(torch.rand(b) < self.config.narrowband).flatten().tolist():
-            rate = NARROW_RATES[int(torch.randint(len(NARROW_RATES), ()))]
-            shifted[i] = torchaudio.functional.resample(torchaudio.functional.resample(shifted[i], SAMPLE_RATE, rate),
-                                                        rate, SAMPLE_RATE)[:total]
+        narrow = torch.rand(b) < self.config.narrowband
+        chosen = torch.randint(len(NARROW_RATES), (b,))
+        for n, rate in enumerate(NARROW_RATES):  # the clips of one rate together: one resampling kernel each way
+            rows = narrow & (chosen == n)
+            if rows.any():
+                down = torchaudio.functional.resample(shifted[rows], SAMPLE_RATE, rate)
+                shifted[rows] = torchaudio.functional.resample(down, rate, SAMPLE_RATE)[:, :total]
         noise = torch.randn_like(shifted)
         if torch.rand(()) < 0.5:
             noise = torchaudio.functional.lowpass_biquad(noise, SAMPLE_RATE, float(torch.empty(()).uniform_(500, 4000)))
