@@ -46,6 +46,23 @@ def run_cli(*args, env=None, check=False, timeout=300, input=None):
     return proc
 
 
+def cli_in_process(*args, check=False):
+    """Run an ``anybind`` command in this process, as ``run_cli`` does in a new one (exit code,
+    stdout, stderr), without the seconds each new interpreter spends importing torch: for the
+    further error cases of a command a test already runs once through ``run_cli``. An exception
+    the command does not turn into a one-line error is raised, as a traceback would show."""
+    from click.testing import CliRunner
+
+    from anybind.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args], prog_name="anybind")
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    if check and result.exit_code != 0:
+        raise AssertionError(f"anybind {' '.join(map(str, args))} failed ({result.exit_code}):\n{result.output}")
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"

@@ -19,7 +19,7 @@ from anybind.chat.events import DoneEvent, OutputEvent, TextEvent
 from anybind.chat.render import HtmlRenderer, JsonlRenderer, MarkdownRenderer, TerminalRenderer, media
 from anybind.data.manifest import read_manifest
 from anybind.models.decoders import load_decoder, load_prompt_encoder
-from conftest import TINY_AUDIOGEN, run_cli
+from conftest import TINY_AUDIOGEN, cli_in_process, run_cli
 
 @pytest.fixture(scope="session")
 def speech_decoder(small_world, tmp_path_factory):
@@ -146,16 +146,16 @@ def test_bad_speech_decoders_fail_clearly(speech_decoder, decoder_dir, tmp_path)
     broken = tmp_path / "broken"
     shutil.copytree(speech_decoder, broken)
     shutil.rmtree(broken / "unet")
-    proc = run_cli("generate", "audio", "seven", "--decoder", f"audiogen:{broken}", "-o", out)
+    proc = cli_in_process("generate", "audio", "seven", "--decoder", f"audiogen:{broken}", "-o", out)
     assert proc.returncode == 1 and "missing unet" in proc.stderr
     (broken / "anybind.json").write_text("{not json")
-    proc = run_cli("generate", "audio", "seven", "--decoder", f"audiogen:{broken}", "-o", out)
+    proc = cli_in_process("generate", "audio", "seven", "--decoder", f"audiogen:{broken}", "-o", out)
     assert proc.returncode == 1 and "unreadable" in proc.stderr
-    proc = run_cli("generate", "audio", "seven", "--decoder", f"audiogen:{tmp_path / 'none'}", "-o", out)
+    proc = cli_in_process("generate", "audio", "seven", "--decoder", f"audiogen:{tmp_path / 'none'}", "-o", out)
     assert proc.returncode == 1 and "not found" in proc.stderr
-    proc = run_cli("generate", "audio", "seven", "--decoder", str(speech_decoder), "-o", str(tmp_path / "x.png"))
+    proc = cli_in_process("generate", "audio", "seven", "--decoder", str(speech_decoder), "-o", str(tmp_path / "x.png"))
     assert proc.returncode == 1 and "unsupported audio suffix" in proc.stderr
-    proc = run_cli("generate", "image", "seven", "--decoder", str(speech_decoder), "-o", str(tmp_path / "x.png"))
+    proc = cli_in_process("generate", "image", "seven", "--decoder", str(speech_decoder), "-o", str(tmp_path / "x.png"))
     assert proc.returncode == 1 and "makes audio outputs, not image" in proc.stderr
 
 

@@ -13,7 +13,7 @@ from anybind.chat.decode import decode_text as decode
 from anybind.chat.events import DoneEvent, NoticeEvent, SamplingOptions, TextEvent, TextStream
 from anybind.models.backbone import load_backbone
 from anybind.data import read_manifest
-from conftest import run_cli
+from conftest import cli_in_process, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +211,7 @@ def test_bad_backbones_and_attachments_fail_clearly(tmp_path, world, bound, chat
     proc = run_cli("train", "align-in", "--manifest", str(world), "--bound", str(bound), "--out", str(tmp_path / "x"),
                    "--backbone", f"hf:{tmp_path / 'nowhere'}")
     assert proc.returncode == 1 and "no such model directory" in proc.stderr and "Traceback" not in proc.stderr
-    assert run_cli("train", "align-in", "--backbone", "nosuchlm", "--manifest", str(world), "--bound", str(bound),
+    assert cli_in_process("train", "align-in", "--backbone", "nosuchlm", "--manifest", str(world), "--bound", str(bound),
                    "--out", str(tmp_path / "y")).returncode == 1
 
     # A file no installed plugin reads, with the plugin that would read it named.
@@ -221,9 +221,9 @@ def test_bad_backbones_and_attachments_fail_clearly(tmp_path, world, bound, chat
     assert proc.returncode == 1 and "anybind install audio" in proc.stderr
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    proc = run_cli("chat", "hi", "--attach", str(broken), "--model", str(chat_dir))
+    proc = cli_in_process("chat", "hi", "--attach", broken, "--model", chat_dir)
     assert proc.returncode == 1 and "broken.png" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("chat", "hi", "--model", str(bound))
+    proc = cli_in_process("chat", "hi", "--model", bound)
     assert proc.returncode == 1 and "not an anybind chat model" in proc.stderr
 
 

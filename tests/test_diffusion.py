@@ -19,7 +19,7 @@ from anybind.models.decoders import load_decoder
 from anybind.chat.decode import decode_text, decode_with_outputs
 from anybind.chat.events import OutputEvent, SamplingOptions, TextEvent
 from anybind.chat.outputs import OutputStates, OutputVocab
-from conftest import TINY_DECODER, always_draws, run_cli
+from conftest import TINY_DECODER, always_draws, cli_in_process, run_cli
 
 def test_a_local_sd_checkpoint_generates_through_its_own_text_encoder(tiny_sd, tmp_path):
     out = tmp_path / "seven.png"
@@ -72,14 +72,14 @@ def test_bad_decoders_and_outputs_fail_clearly(tiny_sd, small_bound, tmp_path):
     for part in ("unet", "vae", "scheduler"):
         (xl / part).mkdir(parents=True)
     (xl / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
-    proc = run_cli("generate", "image", "a seven", "--decoder", f"sd:{xl}", "-o", str(tmp_path / "x.png"))
+    proc = cli_in_process("generate", "image", "a seven", "--decoder", f"sd:{xl}", "-o", str(tmp_path / "x.png"))
     assert proc.returncode == 1 and "StableDiffusionXLPipeline" in proc.stderr
-    proc = run_cli("generate", "image", "a seven", "--decoder", f"sd:{tmp_path / 'nothing'}", "-o", str(tmp_path / "x.png"))
+    proc = cli_in_process("generate", "image", "a seven", "--decoder", f"sd:{tmp_path / 'nothing'}", "-o", str(tmp_path / "x.png"))
     assert proc.returncode == 1 and "not found" in proc.stderr
-    proc = run_cli("generate", "image", "a seven", "--decoder", f"sd:{tiny_sd}", "-o", str(tmp_path / "no" / "x.png"))
+    proc = cli_in_process("generate", "image", "a seven", "--decoder", f"sd:{tiny_sd}", "-o", str(tmp_path / "no" / "x.png"))
     assert proc.returncode == 1 and "does not exist" in proc.stderr
-    proc = run_cli("generate", "image", "a seven", "--decoder", f"sd:{tiny_sd}", "-o", str(tmp_path / "x.gif"),
-                   "--steps", "1")
+    proc = cli_in_process("generate", "image", "a seven", "--decoder", f"sd:{tiny_sd}", "-o", tmp_path / "x.gif",
+                          "--steps", "1")
     assert proc.returncode == 1 and "unsupported image suffix" in proc.stderr
     assert not list(tmp_path.glob("*.png")) + list(tmp_path.glob("*.tmp")) + list(tmp_path.glob(".*tmp"))
 
@@ -247,18 +247,17 @@ def test_chat_interleaves_images_in_every_format(drawing_chat, tmp_path):
     assert html.count("src=\"data:image/png;base64,") >= 1 and "src=\"http" not in html
     assert not list(tmp_path.glob("answer-*.png"))  # self-contained: no image files
 
-    proc = run_cli("chat", "Draw a seven.", "--model", str(chat_dir), "--format", "markdown", "--images-dir", str(tmp_path),
-                   "--max-tokens", "6", check=True)
+    proc = cli_in_process("chat", "Draw a seven.", "--model", chat_dir, "--format", "markdown", "--images-dir", tmp_path,
+                          "--max-tokens", "6", check=True)
     assert "![image 1](" in proc.stdout and (tmp_path / "image-1.png").is_file()
 
-    proc = run_cli("chat", "Draw a seven.", "--model", str(chat_dir), "--format", "jsonl", "--images-dir", str(tmp_path),
-                   "--max-tokens", "6", check=True)
+    proc = cli_in_process("chat", "Draw a seven.", "--model", chat_dir, "--format", "jsonl", "--images-dir", tmp_path,
+                          "--max-tokens", "6", check=True)
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     image = next(e for e in events if e["type"] == "image")
     assert Image.open(image["path"]).size == (16, 16) and events[-1]["type"] == "done"
 
-    proc = run_cli("chat", "Draw a seven.", "--model", str(chat_dir), "--max-tokens", "6", "--images-dir", str(tmp_path),
-                   check=True)
+    proc = cli_in_process("chat", "Draw a seven.", "--model", chat_dir, "--max-tokens", "6", "--images-dir", tmp_path, check=True)
     assert "[image: " in proc.stdout
 
 
