@@ -74,6 +74,7 @@ def test_the_multi_turn_scoring_counts_what_each_behaviour_asks():
     assert not _score(Step("q", behaviour="several", labels=("seven", "three")), "seven", [], judge, world)
     assert _score(Step("q", behaviour="plain"), "Bees make honey.", [], judge, world)
     assert not _score(Step("q", behaviour="plain"), "Bees make honey.", ["seven"], judge, world)
+    assert not _score(Step("q", behaviour="plain"), "Seven is the digit 7.", [], judge, world)  # the old subject leaks
     assert _score(Step("q", behaviour="refer_back_make", labels=("seven",)), "", ["seven"], judge, world)
     assert not _score(Step("q", behaviour="refer_back_make", labels=("seven",)), "", [], judge, world)
     assert _score(Step("q", behaviour="subject_change", labels=("three",)), "Three is odd.", ["three"], judge, world)

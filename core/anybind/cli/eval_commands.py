@@ -172,7 +172,7 @@ def _print_generate(results: dict) -> None:
 @click.option("--model", "model_dir", default=DEFAULT_CHAT, show_default=True, type=click.Path())
 @click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path(),
               help="Where the held-out attachments come from (and the judge's real training files).")
-@click.option("-n", "conversations", type=click.IntRange(3), default=15, show_default=True)
+@click.option("-n", "conversations", type=click.IntRange(3), default=30, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def eval_conversations_command(model_dir, manifest, conversations, seed, as_json):

@@ -50,9 +50,10 @@ SEVERAL = ("What are these?", "What {kind}s do these show?", "What do these show
            "What is in these attachments?")
 
 #: The multi-turn evaluation's own wording (never trained on): plain questions between the turns
-#: about attachments, asking again about the last attachment, and about several at once.
+#: about attachments, asking again about the last attachment, and about several at once. No plain
+#: question asks to "say" something: a model that speaks rightly answers that with speech.
 EVAL_PLAIN = ("What colour is the sky on a clear day?", "Name a fruit that is yellow.", "What is the opposite of hot?",
-              "Say hello to me.", "What do bees make?", "Is water wet?")
+              "Greet me in one sentence.", "What do bees make?", "Is water wet?")
 EVAL_SAY_AGAIN = ("Remind me, which {kind} was that?", "Which {kind} was in my last attachment?",
                   "Tell me again which {kind} that was.")
 EVAL_SEVERAL = ("Which {kind}s are these?", "Tell me what each of these shows.", "Name the {kind}s I attached.")

@@ -4,7 +4,8 @@ earlier turns, change subject and chat in between, each behaviour scored on its 
 Behaviours (every one worded unlike the training conversations):
 
 * ``current``: a question about the turn's own attachment names its label, after other turns;
-* ``plain``: a plain question between them is answered in words, with no output;
+* ``plain``: a plain question between them is answered in words, with no output, naming no
+  label (the earlier subject must not leak into it);
 * ``refer_back_make``: "make a picture of that one" makes the last attachment's label (judged
   by the output modality's independent judge, as ``eval generate`` does);
 * ``refer_back_say``: asked again which one the last attachment was, after a plain question;
@@ -78,7 +79,7 @@ def _pool(model, manifest: Manifest, per_modality: int, rng: random.Random) -> l
 def _score(step: Step, text: str, outputs: list, judge, manifest: Manifest) -> bool:
     named = mentioned_labels(text, manifest.labels, manifest.aliases)
     if step.behaviour == "plain":
-        return len(text.split()) >= 2 and not outputs
+        return len(text.split()) >= 2 and not outputs and not named
     if step.behaviour == "several":
         return set(step.labels) <= set(named)
     if step.behaviour in ("current", "refer_back_say"):
@@ -89,7 +90,7 @@ def _score(step: Step, text: str, outputs: list, judge, manifest: Manifest) -> b
     return made  # refer_back_make
 
 
-def evaluate_conversations(model, manifest: Manifest, *, conversations: int = 15, seed: int = 0, judge=None,
+def evaluate_conversations(model, manifest: Manifest, *, conversations: int = 30, seed: int = 0, judge=None,
                            max_new_tokens: int = 40, per_modality: int = 30, progress: bool = False) -> dict:
     """Accuracy of each behaviour over ``conversations`` held-out conversations (see the module
     docstring); ``judge`` (a :class:`~anybind.eval.judge.Judge`) scores the outputs."""
