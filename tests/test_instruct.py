@@ -55,22 +55,26 @@ def test_dialogues_cover_every_kind_and_refer_back(small_world):
 
     dialogues = make_dialogues(manifest, att, 64, seed=0, outputs={"image": PROMPTS})
     answers = [[segment[0] for segment in d.answer] for d in dialogues]
-    assert ["text"] in answers and ["output"] in answers and ["text", "output"] in answers and ["own"] in answers
+    assert ["text"] in answers and ["text", "output"] in answers and ["own"] in answers
+    assert ["output"] not in answers  # an answer that draws says what it draws first
+    requests = [d for d in dialogues if len(d.turns) == 1 and d.turns[0].text in
+                {r.format(**manifest.fill(l, manifest.prompt.format(label=l))) for r in PROMPTS.request for l in manifest.labels}]
+    assert requests and all(d.answer[0] == ("text", f"Here is {d.answer[1][2]}.") for d in requests)
     follow_ups = [d for d in dialogues if d.turns[-1].text in PROMPTS.follow]
     assert follow_ups and all(d.turns[-2].role == "assistant" for d in follow_ups)
     # "Now draw it." after a question about an attachment draws that attachment's label, with
     # plain chat between them at times.
     for d in follow_ups:
         asked = next(n for n in reversed(range(len(d.turns))) if d.turns[n].attachments)
-        label = d.turns[asked + 1].text.split()[-1].rstrip(".")
-        assert d.answer[0][1:] == ("image", manifest.prompt.format(label=label))
+        caption = manifest.prompt.format(label=d.turns[asked + 1].text.split()[-1].rstrip("."))
+        assert d.answer == [("text", f"Here is {caption}."), ("output", "image", caption)]
     assert any(d.turns[-2].text == OWN for d in follow_ups)
     assert {a.modality for d in dialogues for t in d.turns for a in t.attachments} == {"image", "audio"}
-    # A sentence before a drawing names the label first (what eval generate checks).
+    # A sentence before a drawing names its label (what eval generate checks): first, or after "Here is".
     for d in dialogues:
         if [segment[0] for segment in d.answer] == ["text", "output"]:
             label = d.answer[1][2].split()[-1]
-            assert d.answer[0][1].lower().startswith(label)
+            assert d.answer[0][1].lower().startswith(label) or d.answer[0][1] == f"Here is {d.answer[1][2]}."
     # No world-specific word comes from core: the follow-ups say the world's own kind of label.
     assert any("digit" in d.turns[-1].text for d in dialogues if len(d.turns) > 1 and not d.turns[-1].attachments)
 
@@ -99,6 +103,9 @@ def test_dialogues_change_subject_and_ask_about_several_attachments(small_world)
         for attachment in d.turns[-1].attachments:
             label = next(l for a, l in att[attachment.modality] if a is attachment)
             assert label in answer
+    # Plain chat after talk about an attachment is answered in the LM's own words, as without it.
+    plain_after = [d for d in dialogues if d.answer == [("own", "")] and any(t.attachments for t in d.turns)]
+    assert plain_after and all(not d.turns[-1].attachments for d in plain_after)
 
 
 def test_encoded_answers_target_img0_and_skip_the_forced_tokens(tiny_lm):

@@ -1,12 +1,14 @@
 """The instruct stage's training conversations, templated from a manifest and its ``world.json``.
 
 * a question about an attachment of any bound modality, answered with its label;
-* a request for an output (an image), answered by the output;
+* a request for an output (an image), answered "Here is a handwritten seven." and the output;
 * a request to say something and then make an output: a sentence naming the label, then the output;
 * with several output modalities, a sentence and then every output ("..., then draw it and say it");
 * follow-ups that refer to an earlier turn: "Now draw it." after a question about an
-  attachment, "Which digit did you draw?" after the model's own output, "Name it in one word.";
-* plain chat, answered by the frozen LM's own words (so the adapters keep its manners);
+  attachment, "Which digit did you draw?" after the model's own output, "Name it in one word."
+  or "Which one was it?";
+* plain chat, answered by the frozen LM's own words (so the adapters keep its manners), half
+  of it after a question about an attachment (whose subject must not leak into the answer);
 * a question about several attachments at once, answered with each one's label in order;
 * and a quarter of them after earlier turns about *other* labels (a question about an
   attachment, or a sentence and an output), sometimes with plain chat between a follow-up and
@@ -31,6 +33,9 @@ OWN = "\x00own"
 #: The share of conversations that start with earlier turns about another label: more teaches a
 #: change of subject and costs single-turn drawing (0.5: a third of requests not drawn; bench/RESULTS.md).
 EARLIER = 0.25
+#: The share of kind-1 conversations that ask about several attachments at once (the rest ask
+#: about one): at 0.3 (about 4% of all conversations) several were named 0-0.2 of the time.
+SEVERAL_SHARE = 0.5
 
 
 @dataclass
@@ -94,7 +99,7 @@ def _dialogue(manifest: Manifest, kind: int, label: str, output: str | None, poo
     caption = manifest.caption(output or BINDING_MODALITY, label)
     fill = manifest.fill(label, caption)
     prompts = outputs.get(output)
-    if kind == 0 or (kind == 1 and rng.random() < 0.7):  # a question about an attachment of any modality
+    if kind == 0 or (kind == 1 and rng.random() >= SEVERAL_SHARE):  # a question about an attachment of any modality
         attachment, label = rng.choice(pool)
         return Dialogue([Turn("user", manifest.ask(rng), [attachment])], [("text", manifest.answer_for(label))]), label
     if kind == 1:  # several attachments at once, of any modalities, each named in order
@@ -106,8 +111,8 @@ def _dialogue(manifest: Manifest, kind: int, label: str, output: str | None, poo
         return Dialogue([Turn("user", ask, [a for a, _ in several])], [("text", answer[:1].upper() + answer[1:])]), names[-1]
     if kind in (2, 3, 4, 5) and outputs and output is None:  # a sentence, then every output
         return every_output(manifest, outputs, label, rng), label
-    if kind == 2 and prompts:  # make an output
-        return Dialogue([Turn("user", rng.choice(prompts.request).format(**fill))], [("output", output, caption)]), label
+    if kind == 2 and prompts:  # make an output: say what it is, then make it
+        return Dialogue([Turn("user", rng.choice(prompts.request).format(**fill))], _here_is(caption, output)), label
     if kind == 3 and prompts:  # say something, then make an output
         return Dialogue([Turn("user", rng.choice(prompts.write_and).format(**fill))],
                         [("text", about(manifest, label, caption, rng)), ("output", output, caption)]), label
@@ -115,19 +120,32 @@ def _dialogue(manifest: Manifest, kind: int, label: str, output: str | None, poo
         attachment, label = rng.choice(pool)
         follow = rng.choice(prompts.follow).format(**manifest.fill(label))
         return Dialogue(_asked(manifest, attachment, label, rng) + [Turn("user", follow)],
-                        [("output", output, manifest.caption(output, label))]), label
+                        _here_is(manifest.caption(output, label), output)), label
     if kind == 5 and prompts and output in attachments:  # follow-up about the model's own output
         made_one, label = rng.choice(attachments[output])
         asked = manifest.fill(label, manifest.caption(output, label))
         history = [Turn("user", rng.choice(prompts.request).format(**asked)), Turn("assistant", "", [made_one])]
         ask = rng.choice(prompts.ask_made).format(**asked)
         return Dialogue(history + [Turn("user", ask)], [("text", manifest.answer_for(label))]), label
-    if kind == 6:  # follow-up in words (maybe after plain chat)
+    if kind == 6:  # follow-up in words (maybe after plain chat): in one word if asked so, else as before
         attachment, label = rng.choice(pool)
-        ask = rng.choice(FOLLOW_NAME + tuple(q.format(kind=manifest.kind or "one") for q in SAY_AGAIN))
-        return Dialogue(_asked(manifest, attachment, label, rng) + [Turn("user", ask)],
-                        [("text", label[:1].upper() + label[1:] + ".")]), label
-    return Dialogue([_plain(fill, rng)], [("own", "")]), label  # plain chat: the frozen LM's own answer
+        if rng.random() < 0.5:
+            ask, answer = rng.choice(FOLLOW_NAME), label[:1].upper() + label[1:] + "."
+        else:
+            ask, answer = rng.choice(SAY_AGAIN).format(kind=manifest.kind or "one"), manifest.answer_for(label)
+        return Dialogue(_asked(manifest, attachment, label, rng) + [Turn("user", ask)], [("text", answer)]), label
+    # plain chat: the frozen LM's own answer, half the time after talk about an attachment (the
+    # answer is the same: earlier talk must not leak into it)
+    history = _asked(manifest, *rng.choice(pool), rng, plain=0) if rng.random() < 0.5 else []
+    return Dialogue(history + [_plain(fill, rng)], [("own", "")]), label
+
+
+def _here_is(caption: str, output: str) -> list[tuple]:
+    """An answer that makes an output: "Here is a handwritten seven.", then the output. The
+    caption is then in the output projector's context (which starts at the request: "Now draw
+    it." alone does not say what), and "Here is" starts every such answer, so the gate learns
+    one place to open from every request, however it is worded."""
+    return [("text", f"Here is {caption}."), ("output", output, caption)]
 
 
 def _plain(fill: dict, rng: random.Random) -> Turn:
@@ -136,10 +154,10 @@ def _plain(fill: dict, rng: random.Random) -> Turn:
     return Turn("user", rng.choice(CHAT) if rng.random() < 0.3 else rng.choice(ASK).format(t=topic))
 
 
-def _asked(manifest: Manifest, attachment: Attachment, label: str, rng: random.Random) -> list[Turn]:
-    """A question about ``attachment`` and its answer, then (a third of the time) plain chat."""
+def _asked(manifest: Manifest, attachment: Attachment, label: str, rng: random.Random, plain: float = 0.5) -> list[Turn]:
+    """A question about ``attachment`` and its answer, then (``plain`` of the time) plain chat."""
     turns = [Turn("user", manifest.ask(rng), [attachment]), Turn("assistant", manifest.answer_for(label))]
-    if rng.random() < 1 / 3:
+    if rng.random() < plain:
         turns += [_plain(manifest.fill(label), rng), Turn("assistant", OWN)]
     return turns
 

@@ -13,7 +13,7 @@ PROMPTS = OutputPrompts(
         "Describe {s} briefly, then say it out loud.", "Write a short sentence about {l}, then speak it.",
     ),
     follow=("Now say it.", "Can you say that?", "Say it out loud.", "Please say it for me.", "Let me hear it.",
-            "Read it aloud."),
+            "Read it aloud.", "Speak it.", "Pronounce that one.", "I'd like to hear it spoken.", "How does it sound?"),
     ask_made=("Which {kind} did you say?", "What did you say?", "Which word was that?"),
     eval_request=("Speak the {kind} {label}.", "Could you say {label} for me?"),
     eval_write_and=("Write a sentence about {s} and then say it.",),
