@@ -204,10 +204,12 @@ def train_align_out_command(manifest, model_dir, decoder, steps, batch_size, lr,
 @click.option("--train-projectors/--freeze-projectors", default=InstructSettings.train_projectors, show_default=True,
               help="Whether the input projectors train on with the adapters (frozen: faster, backward stops "
                    "at the first adapted layer).")
+@click.option("--refit-steps", type=click.IntRange(0), default=InstructSettings.refit_steps, show_default=True,
+              help="After the adapters, each output projector trains this many steps on the adapted LM's states (0: not).")
 @click.option("--retrain", is_flag=True, help="Train again even if already trained.")
 @click.option("--seed", type=int, default=InstructSettings.seed, show_default=True)
 def train_instruct_command(manifest, model_dir, steps, batch_size, lr, rank, layers, conversations,
-                           image_output_lr_scale, train_projectors, retrain, seed):
+                           image_output_lr_scale, train_projectors, refit_steps, retrain, seed):
     """LoRA on the LM, with the projectors, over multi-turn conversations in every modality."""
     from anybind.training.instruct import train_instruct
 
@@ -215,7 +217,7 @@ def train_instruct_command(manifest, model_dir, steps, batch_size, lr, rank, lay
         raise click.BadParameter("must be >= 0", param_hint="--image-output-lr-scale")
     settings = InstructSettings(steps=steps, batch_size=batch_size, lr=lr, rank=rank, layers=layers,
                                 conversations=conversations, image_output_lr_scale=image_output_lr_scale,
-                                train_projectors=train_projectors, seed=seed)
+                                train_projectors=train_projectors, refit_steps=refit_steps, seed=seed)
     r = train_instruct(manifest, model_dir, settings, retrain=retrain)
     if not r.get("skipped"):
         click.echo(f"instruct: {r['conversations']} conversations, {r['steps']} steps in {r['seconds']:.1f}s "

@@ -249,8 +249,26 @@ def _train(stage: Stage, chat: ChatModel, dialogues: list[Dialogue], attachments
                         save_every=settings.save_every, progress=settings.progress,
                         lr_scales={**scales, "outputs.": settings.image_output_lr_scale})
     seconds = stage.run_loop(module=tuner, n_rows=len(dialogues), step_fn=step_fn, loop=loop, report=lambda _: dict(last))
+    if settings.refit_steps:
+        last.update(_refit(stage, tuner, dialogues, settings))
     record = {"steps": settings.steps, "seconds": round(seconds, 2), "conversations": len(dialogues),
               "modalities": sorted(attachments), "outputs": sorted(chat.outputs),
               "rank": settings.rank, "layers": settings.layers, "lr": settings.lr, "batch_size": settings.batch_size,
-              "trainable_parameters": trainable, **{k: round(v, 4) for k, v in last.items()}}
+              "trainable_parameters": trainable, **{k: round(v, 5) for k, v in last.items()}}
     return record, peft_model
+
+
+def _refit(stage: Stage, tuner: _Tuner, dialogues: list[Dialogue], settings: InstructSettings) -> dict[str, float]:
+    """Each output projector fitted again to the adapted LM's states (see :mod:`anybind.training.output_refit`)."""
+    from anybind.training.output_refit import collect_output_states, refit_output
+
+    examples = collect_output_states(tuner, dialogues, settings.batch_size)
+    out = {}
+    for modality, made in sorted(examples.items()):
+        fit = refit_output(tuner.outputs[modality], made, tuner.cond_of[modality], steps=settings.refit_steps,
+                           batch_size=settings.refit_batch_size, lr=settings.refit_lr, seed=settings.seed,
+                           contrast_weight=settings.contrast_weight, contrast_temperature=settings.contrast_temperature)
+        say(stage.accelerator, f"instruct: {modality} output projector fitted again to the adapted LM on {len(made)} "
+                               f"outputs, mse {fit['mse_before']:.4f} -> {fit['mse_after']:.4f}")
+        out.update({f"refit_{modality}_{k}": v for k, v in fit.items()})
+    return out

@@ -88,6 +88,11 @@ class InstructSettings:
     image_output_lr_scale: float = 0.0
     contrast_weight: float = 0.05  # as in align-out: each drawing's conditioning nearest its own caption
     contrast_temperature: float = 0.02
+    # After the adapters: each output projector fitted again to the LM's new states for this many
+    # steps (0: not; anybind.training.output_refit), batches of refit_batch_size, at refit_lr.
+    refit_steps: int = 150
+    refit_batch_size: int = 32
+    refit_lr: float = 1e-3
     seed: int = 0
     save_every: int = 50
     progress: bool = True
