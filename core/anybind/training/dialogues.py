@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 from anybind.chat.conversation import Attachment, Encoded, Turn, _tokenize, encode
 from anybind.data.manifest import Manifest
-from anybind.data.prompts import ASK, CHAT, FOLLOW_NAME, SAY_AGAIN, SEVERAL, TOPICS, WRITE_AND_ALL, OutputPrompts
+from anybind.data.prompts import (ASK, CHAT, FOLLOW_NAME, SAY_AGAIN, SEVERAL, TOPICS, WRITE_AND_ALL, OutputPrompts,
+                                  sentence)
 from anybind.specs import BINDING_MODALITY
 
 #: An assistant turn whose words are the frozen LM's own, filled in when the LM has answered.
@@ -107,8 +108,8 @@ def _dialogue(manifest: Manifest, kind: int, label: str, output: str | None, poo
         names = [l for _, l in several]
         kind_of = manifest.kind or "one"
         ask = rng.choice(SEVERAL).format(kind=kind_of)
-        answer = ", ".join(names[:-1]) + f" and {names[-1]}."
-        return Dialogue([Turn("user", ask, [a for a, _ in several])], [("text", answer[:1].upper() + answer[1:])]), names[-1]
+        answer = sentence(", ".join(names[:-1]) + f" and {names[-1]}")
+        return Dialogue([Turn("user", ask, [a for a, _ in several])], [("text", answer)]), names[-1]
     if kind in (2, 3, 4, 5) and outputs and output is None:  # a sentence, then every output
         return every_output(manifest, outputs, label, rng), label
     if kind == 2 and prompts:  # make an output: say what it is, then make it
@@ -130,7 +131,7 @@ def _dialogue(manifest: Manifest, kind: int, label: str, output: str | None, poo
     if kind == 6:  # follow-up in words (maybe after plain chat): in one word if asked so, else as before
         attachment, label = rng.choice(pool)
         if rng.random() < 0.5:
-            ask, answer = rng.choice(FOLLOW_NAME), label[:1].upper() + label[1:] + "."
+            ask, answer = rng.choice(FOLLOW_NAME), sentence(label)
         else:
             ask, answer = rng.choice(SAY_AGAIN).format(kind=manifest.kind or "one"), manifest.answer_for(label)
         return Dialogue(_asked(manifest, attachment, label, rng) + [Turn("user", ask)], [("text", answer)]), label

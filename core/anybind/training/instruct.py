@@ -77,7 +77,7 @@ class _Tuner(nn.Module):
         self.banks = {m: torch.stack(list(c.values())) for m, c in cond_of.items() if c}
         self.settings = settings
 
-    def _hidden(self, batch: list[Dialogue]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def hidden(self, batch: list[Dialogue]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The LM's final states: of the opening every row shares (run once, without gradient,
         under the adapters as they are now), and of each row after it. Rows run in micro-batches
         of similar length, so little of the compute goes to padding."""
@@ -103,7 +103,7 @@ class _Tuner(nn.Module):
 
     def forward(self, batch: list[Dialogue]) -> tuple[torch.Tensor, dict]:
         model = self.chat.backbone.model
-        opening, tails = self._hidden(batch)
+        opening, tails = self.hidden(batch)
         rows = [torch.cat([opening, tail]) for tail in tails]  # (T_row, H): every position of the row
         states = torch.stack([rows[r][p] for r, d in enumerate(batch) for p, _ in d.targets])
         ids = torch.tensor([t for d in batch for _, t in d.targets], device=states.device)

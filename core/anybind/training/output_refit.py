@@ -3,8 +3,8 @@
 The adapters change the LM's final states, and with them what an output projector reads. While
 they train, the projector stays as align-out left them (trained along at the full rate it
 drifts on the few outputs in each batch), so after instruct it reads states it was not fitted
-to: the conditioning lands further from its caption's encoding (MSE 0.055 against align-out's
-0.016) and a request whose answer names the label can still draw another one.
+to: the conditioning lands further from its caption's encoding, and a request whose answer
+names the label can still draw another one (bench/RESULTS.md, "multi-turn conversations").
 
 Once the adapters are done the states are fixed, so this is cheap: one pass without gradients
 over the conversations that make outputs collects, for each output, the states at ``[TOK0..k-1]``
@@ -34,7 +34,7 @@ def collect_output_states(tuner, dialogues, batch_size: int) -> dict[str, list[t
     with torch.no_grad():
         for i in range(0, len(made), batch_size):
             batch = made[i:i + batch_size]
-            opening, tails = tuner._hidden(batch)
+            opening, tails = tuner.hidden(batch)
             for d, tail in zip(batch, tails):
                 row = torch.cat([opening, tail]).float().cpu()
                 for start, modality, caption in d.outputs:
