@@ -108,6 +108,23 @@ def test_dialogues_change_subject_and_ask_about_several_attachments(small_world)
     assert plain_after and all(not d.turns[-1].attachments for d in plain_after)
 
 
+def test_every_kind_of_request_asks_for_every_label(small_world):
+    """Each way of asking for a drawing is trained on every label: drawn with the conversation's
+    index, the labels once went with the kinds (requests only for even digits)."""
+    manifest = read_manifest(small_world)
+    att = {"image": [(Attachment("image", "image.x", torch.zeros(4)), label) for label in manifest.labels]}
+    from anybind_diffusion.prompts import PROMPTS
+
+    dialogues = make_dialogues(manifest, att, 400, seed=0, outputs={"image": PROMPTS})
+    asked: dict[str, set] = {"request": set(), "write_and": set()}
+    for d in dialogues:
+        if len(d.turns) == 1 and d.answer[-1][0] == "output":
+            kind = "request" if d.answer[0][1].startswith("Here is") else "write_and"
+            asked[kind].add(d.answer[-1][2])
+    every = {manifest.caption("image", label) for label in manifest.labels}
+    assert asked == {"request": every, "write_and": every}
+
+
 def test_encoded_answers_target_img0_and_skip_the_forced_tokens(tiny_lm):
     from anybind.models.backbone import load_backbone
 

@@ -86,8 +86,10 @@ def make_dialogues(manifest: Manifest, attachments: dict[str, list[tuple[Attachm
     for i in range(count):
         output = slots[i // 8 % len(slots)] if made else None
         pool = attachments[sorted(attachments)[i // 8 % len(attachments)]]
-        dialogue, label = _dialogue(manifest, i % 8, manifest.labels[i % len(manifest.labels)], output, pool,
-                                    attachments, outputs, rng)
+        # the label drawn at random: as labels[i % 10] beside kind i % 8 it went with the kind
+        # (requests to draw only ever asked for even digits, "write ..., then draw it" odd ones)
+        dialogue, label = _dialogue(manifest, i % 8, rng.choice(manifest.labels), output, pool, attachments,
+                                    outputs, rng)
         if rng.random() < EARLIER:
             dialogue.turns = _earlier(manifest, label, attachments, outputs, rng) + dialogue.turns
         out.append(dialogue)
