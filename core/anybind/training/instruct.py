@@ -36,14 +36,14 @@ from torch import nn
 from anybind import plugins
 from anybind.chat.conversation import Attachment, PrefixCache, Turn, encode, input_embeddings, split_prefix
 from anybind.chat.model import ChatModel
-from anybind.chat.outputs import OutputVocab, pad_contexts
+from anybind.chat.outputs import OutputVocab
 from anybind.data.manifest import Manifest, read_manifest
 from anybind.errors import InputError
 from anybind.layout import DONE_NAME, ChatDir, decoder_reference_for
 from anybind.models.decoders import load_prompt_encoder, parse_reference
-from anybind.models.losses import conditioning_loss
 from anybind.models.space import embed_rows
 from anybind.training.dialogues import OWN, Dialogue, encode_dialogue, make_dialogues
+from anybind.training.output_refit import collect_output_states, output_loss, refit_output
 from anybind.training.settings import InstructSettings
 from anybind.training.stage import Stage
 from anybind.training.trainer import LoopSettings, say
@@ -117,12 +117,11 @@ class _Tuner(nn.Module):
             made = [(row, start, caption) for row, d in enumerate(batch) for start, m, caption in d.outputs if m == modality]
             if not made:
                 continue
-            made_states = torch.stack([rows[row][start:start + output.tokens] for row, start, _ in made])
-            # the request and the answer before [TOK0], as at chat time (right padding: all real)
-            context, context_mask = pad_contexts([rows[row][batch[row].encoded.request_start:start] for row, start, _ in made])
-            target = torch.stack([self.cond_of[modality][c] for _, _, c in made]).to(states.device)
-            mse, contrast = conditioning_loss(output(made_states, context, context_mask), target,
-                                              self.banks.get(modality), self.settings.contrast_temperature)
+            # the states at [TOK0..k-1], and the request and the answer before [TOK0], as at chat time
+            examples = [(rows[row][start:start + output.tokens], rows[row][batch[row].encoded.request_start:start],
+                         caption) for row, start, caption in made]
+            mse, contrast = output_loss(output, examples, self.cond_of[modality], self.banks.get(modality),
+                                        self.settings.contrast_temperature)
             loss = loss + self.settings.mse_weight * mse + self.settings.contrast_weight * contrast
             parts["mse"] = parts.get("mse", 0.0) + float(mse.detach())
             parts["contrast"] = parts.get("contrast", 0.0) + float(contrast.detach())
@@ -260,8 +259,6 @@ def _train(stage: Stage, chat: ChatModel, dialogues: list[Dialogue], attachments
 
 def _refit(stage: Stage, tuner: _Tuner, dialogues: list[Dialogue], settings: InstructSettings) -> dict[str, float]:
     """Each output projector fitted again to the adapted LM's states (see :mod:`anybind.training.output_refit`)."""
-    from anybind.training.output_refit import collect_output_states, refit_output
-
     examples = collect_output_states(tuner, dialogues, settings.batch_size)
     out = {}
     for modality, made in sorted(examples.items()):

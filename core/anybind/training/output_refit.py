@@ -51,14 +51,14 @@ def refit_output(output, examples: list[tuple], cond_of: dict[str, torch.Tensor]
     states = torch.stack([s for s, _, _ in examples])
     output.calibrate(states.to(output.embed.device),
                      torch.cat([c for _, c, _ in examples]).to(output.embed.device) if output.reads_context else None)
-    bank = torch.stack(list(cond_of.values())) if len(cond_of) > 1 else None
+    bank = torch.stack(list(cond_of.values()))  # conditioning_loss skips a bank of one
     params = [p.requires_grad_(True) for name, p in output.named_parameters() if not name.startswith(_LM_SIDE)]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     rng = random.Random(seed)
     output.train()
     for _ in range(steps):
         batch = rng.sample(examples, min(batch_size, len(examples)))
-        mse, contrast = _loss(output, batch, cond_of, bank, contrast_temperature)
+        mse, contrast = output_loss(output, batch, cond_of, bank, contrast_temperature)
         optimizer.zero_grad(set_to_none=True)
         (mse + contrast_weight * contrast).backward()
         optimizer.step()
@@ -66,11 +66,15 @@ def refit_output(output, examples: list[tuple], cond_of: dict[str, torch.Tensor]
     return {"mse_before": before, "mse_after": _mse(output, examples, cond_of)}
 
 
-def _loss(output, batch, cond_of, bank, temperature):
+def output_loss(output, made: list[tuple], cond_of: dict[str, torch.Tensor], bank: torch.Tensor | None,
+                temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mse, contrast)`` of ``output``'s conditioning from ``made``, ``[(states (k, H), context
+    (n, H), caption)]``, against each caption's in ``cond_of`` (align-out's loss; instruct's
+    adapters train on it too, the states then carrying their gradients)."""
     device = output.embed.device
-    context, mask = pad_contexts([c.to(device) for _, c, _ in batch]) if output.reads_context else (None, None)
-    predicted = output(torch.stack([s for s, _, _ in batch]).to(device), context, mask)
-    target = torch.stack([cond_of[caption] for _, _, caption in batch]).to(device)
+    context, mask = pad_contexts([c.to(device) for _, c, _ in made]) if output.reads_context else (None, None)
+    predicted = output(torch.stack([s for s, _, _ in made]).to(device), context, mask)
+    target = torch.stack([cond_of[caption] for _, _, caption in made]).to(device)
     return conditioning_loss(predicted, target, bank, temperature)
 
 
@@ -79,5 +83,5 @@ def _mse(output, examples, cond_of) -> float:
     total = 0.0
     for i in range(0, len(examples), 64):
         batch = examples[i:i + 64]
-        total += float(_loss(output, batch, cond_of, None, 1.0)[0]) * len(batch)
+        total += float(output_loss(output, batch, cond_of, None, 1.0)[0]) * len(batch)
     return round(total / len(examples), 5)
