@@ -208,7 +208,7 @@ def test_a_chat_model_speaks_and_every_renderer_places_the_sound(speaking_chat, 
 
 def test_interleaved_scoring_and_training_conversations_with_two_outputs(speaking_chat, small_world):
     from anybind.data.prompts import OutputPrompts
-    from anybind.eval import evaluate_together
+    from anybind.eval import evaluate_together, evaluate_words_only
     from anybind.models.decoders import parse_reference
     from anybind.training.dialogues import make_dialogues
 
@@ -219,6 +219,10 @@ def test_interleaved_scoring_and_training_conversations_with_two_outputs(speakin
     assert result["order"] == ["image", "audio"] and result["asked"] == 2 * len(manifest.labels)  # two wordings
     assert 0 <= result["complete_and_agree"] <= result["complete"] <= 1
     assert "then draw it and say it" in result["prompts"][0]
+    words = evaluate_words_only(manifest, model)
+    assert words["asked"] == 2 * len(manifest.labels)
+    assert 0 <= words["named_and_no_output"] <= min(words["no_output"], words["named"]) <= 1
+    assert not any(v in p for p in words["prompts"] for v in ("draw", "say", "speak", "show"))
     prompts = {m: parse_reference(model.decoder_reference(m), m)[0].output_prompts() for m in model.outputs}
     assert all(isinstance(p, OutputPrompts) and p.verb for p in prompts.values())
     pool = {"audio": [(model.attach(r["audio"]), r["label"]) for r in manifest.select("train", has=("audio",))[:5]]}

@@ -115,7 +115,7 @@ def test_every_kind_of_request_asks_for_every_label(small_world):
     att = {"image": [(Attachment("image", "image.x", torch.zeros(4)), label) for label in manifest.labels]}
     from anybind_diffusion.prompts import PROMPTS
 
-    dialogues = make_dialogues(manifest, att, 400, seed=0, outputs={"image": PROMPTS})
+    dialogues = make_dialogues(manifest, att, 800, seed=0, outputs={"image": PROMPTS})
     asked: dict[str, set] = {"request": set(), "write_and": set()}
     for d in dialogues:
         if len(d.turns) == 1 and d.answer[-1][0] == "output":
@@ -123,6 +123,25 @@ def test_every_kind_of_request_asks_for_every_label(small_world):
             asked[kind].add(d.answer[-1][2])
     every = {manifest.caption("image", label) for label in manifest.labels}
     assert asked == {"request": every, "write_and": every}
+
+
+def test_a_request_for_a_sentence_alone_is_answered_without_an_output(small_world):
+    """The same sentence answers "Write one sentence about B." and starts the answer to "Write one
+    sentence about B, then draw it.": only the request's output verb can open the gate."""
+    from anybind.data.prompts import WRITE_ONLY
+    from anybind_diffusion.prompts import PROMPTS
+
+    manifest = read_manifest(small_world)
+    att = {"image": [(Attachment("image", "image.x", torch.zeros(4)), label) for label in manifest.labels]}
+    dialogues = make_dialogues(manifest, att, 400, seed=0, outputs={"image": PROMPTS})
+    asked = {t.format(**manifest.fill(label)): label for t in WRITE_ONLY for label in manifest.labels}
+    alone = [d for d in dialogues if d.turns[-1].text in asked]
+    assert len(alone) >= 10 and all(len(d.answer) == 1 and d.answer[0][0] == "text" for d in alone)
+    assert not any(verb in d.turns[-1].text for d in alone for verb in ("draw", "show"))
+    for d in alone:
+        assert d.answer[0][1].lower().startswith(asked[d.turns[-1].text])  # names its label first
+    before_drawing = {d.answer[0][1] for d in dialogues if [s[0] for s in d.answer] == ["text", "output"]}
+    assert {d.answer[0][1] for d in alone} & before_drawing
 
 
 def test_encoded_answers_target_img0_and_skip_the_forced_tokens(tiny_lm):
@@ -239,7 +258,7 @@ def test_quickstart_skips_finished_stages_then_demos_and_evaluates(instructed, s
     assert "Which digit is spoken here?" in page and "Now draw it." in page
     assert "the number four, then draw it." in page and "Say the number" not in page  # the turns it can answer
     assert record["first_interleaved_answer_seconds"] > 0 and "every_output_answer_seconds" not in record
-    assert set(record["eval"]) == {"bind", "chat", "generate", "outputs", "together", "ood", "conversations"}
+    assert set(record["eval"]) == {"bind", "chat", "generate", "outputs", "together", "words_only", "ood", "conversations"}
     assert set(record["eval"]["ood"]["bind"]) == {"image", "audio"}  # made differently, never trained on
     assert "multi-turn (every behaviour)" in record["summary"] and "OOD chat (every modality)" in record["summary"]
     assert record["summary"]["bind zero-shot (image)"] == record["eval"]["bind"]["image"]["zero_shot_top1"]

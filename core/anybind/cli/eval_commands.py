@@ -119,7 +119,7 @@ def eval_generate_command(model_dir, modality, decoder, manifest, per_label, ste
 
     from anybind.chat import ChatModel
     from anybind.data import read_manifest
-    from anybind.eval import evaluate_generate, evaluate_together, output_judge
+    from anybind.eval import evaluate_generate, evaluate_together, evaluate_words_only, output_judge
     from anybind.layout import DEFAULT_RUN
     from anybind.models.decoders import decoder_for, load_decoder
 
@@ -138,6 +138,8 @@ def eval_generate_command(model_dir, modality, decoder, manifest, per_label, ste
                                 steps=steps, seed=seed, judge=judge)
     if model is not None and len(model.outputs) > 1:
         results["together"] = evaluate_together(world, model, steps=steps, seed=seed, judges={modality: judge})
+    if model is not None:
+        results["words_only"] = evaluate_words_only(world, model, seed=seed)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
@@ -158,6 +160,10 @@ def _print_generate(results: dict) -> None:
         r = results["chat_write_and_draw"]
         click.echo(f"chat: a sentence, then the output: both present {r['both']:.3f}, both present and agreeing "
                    f"{r['both_and_agree']:.3f} (n={r['asked']})")
+    if "words_only" in results:
+        r = results["words_only"]
+        click.echo(f"chat: a sentence alone (no output asked): no output {r['no_output']:.3f}, naming the label and "
+                   f"no output {r['named_and_no_output']:.3f} (n={r['asked']})")
         for e in r["examples"][:2]:
             click.echo(f"  {e['prompt']!r} -> {e['text']!r} + {e['images']} output(s)")
     if "together" in results:

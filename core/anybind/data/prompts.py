@@ -41,6 +41,13 @@ ASK = (
 CHAT = ("What is 2+3?", "Say hello.", "Name a color.", "What is 7 times 8?", "Tell me a joke.", "What is your name?",
         "Count from one to five.", "How are you today?", "Translate 'thank you' into French.", "What day comes after Monday?")
 
+#: Requests for a sentence about a label and nothing else: answered with the same sentence a
+#: request for "..., then draw it" starts its answer with, and no output, so that only the
+#: request's own words (its output verb) can open an output's gate. ("Say something about"
+#: is left out: a model that speaks may rightly answer it with speech.)
+WRITE_ONLY = ("Write one sentence about {s}.", "Tell me about {s} in one sentence.", "Describe {s} briefly.",
+              "Write a short sentence about {l}.", "Give me one fact about {s}.", "What can you tell me about {s}?")
+
 #: Follow-ups that ask for the earlier answer's label in one word.
 FOLLOW_NAME = ("Name it in one word.", "Just the word, please.", "Say it in one word.")
 #: ...or ask again which one the last attachment was (after other talk, maybe).
@@ -63,6 +70,8 @@ EVAL_SEVERAL = ("Which {kind}s are these?", "Tell me what each of these shows.",
 #: :attr:`OutputPrompts.verb` in the order asked ("draw it and say it").
 WRITE_AND_ALL = ("Write one sentence about {s}, then {verbs}.", "Tell me about {s} in one sentence, then {verbs}.",
                  "Describe {s} briefly, then {verbs}.", "Say something about {s}, then {verbs}.")
+#: ...and for a sentence alone (no output verb: answered in words, with no output), worded unlike WRITE_ONLY.
+EVAL_WRITE_ONLY = ("Write a sentence about {s}.", "Tell me something about {s}.")
 EVAL_WRITE_AND_ALL = ("Write a sentence about {s} and then {verbs}.", "First tell me something about {s}, then {verbs}.")
 
 

@@ -7,7 +7,7 @@ held-out metrics."""
 from anybind.eval.bind import evaluate_bind
 from anybind.eval.chat import evaluate_chat, mentioned_label
 from anybind.eval.conversations import evaluate_conversations
-from anybind.eval.generate import evaluate_generate, evaluate_together, output_judge
+from anybind.eval.generate import evaluate_generate, evaluate_together, evaluate_words_only, output_judge
 
 __all__ = ["evaluate_bind", "evaluate_chat", "evaluate_conversations", "evaluate_generate", "evaluate_together",
-           "mentioned_label", "output_judge"]
+           "evaluate_words_only", "mentioned_label", "output_judge"]

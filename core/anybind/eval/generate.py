@@ -6,7 +6,7 @@ from pathlib import Path
 
 from anybind.chat.batch import draw_batch, greedy_answers
 from anybind.data.manifest import Manifest, read_manifest
-from anybind.data.prompts import EVAL_WRITE_AND_ALL
+from anybind.data.prompts import EVAL_WRITE_AND_ALL, EVAL_WRITE_ONLY
 from anybind.errors import InputError
 from anybind.eval.chat import mentioned_label
 from anybind.eval.judge import Judge
@@ -93,6 +93,32 @@ def evaluate_together(manifest: Manifest | Path | str, model, *, steps: int | No
     n = len(jobs)
     return {"prompts": [t.replace("{verbs}", verbs) for t in EVAL_WRITE_AND_ALL], "order": order, "asked": n,
             "complete": round(complete / n, 4), "complete_and_agree": round(agree / n, 4), "examples": examples}
+
+
+def evaluate_words_only(manifest: Manifest | Path | str, model, *, seed: int = 0) -> dict:
+    """Requests for a sentence about each label that ask for no output ("Write a sentence about
+    the number four."): right when the answer names the label and the model makes nothing. The
+    other side of every request to make something: an output's gate must follow the words that
+    ask for it, not the subject."""
+    manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    jobs = [(t.format(**manifest.fill(label)), label) for t in EVAL_WRITE_ONLY for label in manifest.labels]
+    silent = named = right = 0
+    examples = []
+    for start in range(0, len(jobs), 10):
+        chunk = jobs[start:start + 10]
+        # one sampling step per output: what an output shows does not count here, only that there is one
+        answers = greedy_answers(model, [model.conversation(p) for p, _ in chunk], max_new_tokens=48, make=True,
+                                 seed=seed + 3000 + start, steps=1, max_outputs=max(1, len(model.outputs)))
+        for answer, (prompt_text, label) in zip(answers, chunk):
+            names = mentioned_label(answer.text, manifest.labels, manifest.aliases) == label
+            silent += not answer.outputs
+            named += names
+            right += names and not answer.outputs
+            if len(examples) < 3 and answer.outputs:
+                examples.append({"prompt": prompt_text, "text": answer.text, "outputs": answer.modalities})
+    n = len(jobs)
+    return {"prompts": list(EVAL_WRITE_ONLY), "asked": n, "no_output": round(silent / n, 4),
+            "named": round(named / n, 4), "named_and_no_output": round(right / n, 4), "examples": examples}
 
 
 def _judge(manifest: Manifest, modality: str) -> Judge:

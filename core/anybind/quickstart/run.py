@@ -199,6 +199,9 @@ def summary_table(record: dict) -> str:
         lines.append("OOD zero-shot →text: " + ", ".join(f"{m} {r['zero_shot_top1']:.3f}" for m, r in sorted(ood["bind"].items())))
     if ood.get("chat"):
         lines.append("OOD chat: " + ", ".join(f"{m} {r['image_projector']:.3f}" for m, r in sorted(ood["chat"].items())))
+    if ev.get("words_only"):
+        lines.append(f"a sentence alone, no output asked: answered without one {ev['words_only']['no_output']:.3f}, "
+                     f"and naming the label {ev['words_only']['named_and_no_output']:.3f}")
     if ev.get("conversations", {}).get("behaviours"):
         lines.append("multi-turn: " + ", ".join(f"{b} {v:.3f}" for b, v in ev["conversations"]["behaviours"].items()))
     if "first_interleaved_answer_seconds" in record:

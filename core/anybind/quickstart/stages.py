@@ -228,7 +228,7 @@ def evaluate(q) -> tuple:
     from anybind.data.manifest import read_manifest
     from anybind.data.world import build_world
     from anybind.eval import (evaluate_bind, evaluate_chat, evaluate_conversations, evaluate_generate,
-                              evaluate_together, output_judge)
+                              evaluate_together, evaluate_words_only, output_judge)
 
     if q.record.get("eval") and not q.record.get("trained_this_run"):
         return False, "already evaluated"
@@ -246,6 +246,7 @@ def evaluate(q) -> tuple:
         "bind": evaluate_bind(bound, world), "chat": evaluate_chat(chat, world, progress=q.progress),
         "generate": generate.pop(main, {}), "outputs": generate,
         "together": evaluate_together(world, chat, judges=judges, progress=q.progress) if len(chat.outputs) > 1 else {},
+        "words_only": evaluate_words_only(world, chat) if chat.outputs else {},
         "ood": {"bind": evaluate_bind(bound, ood), "chat": evaluate_chat(chat, ood, progress=q.progress)},
         "conversations": evaluate_conversations(chat, world, judge=judges.get(main), progress=q.progress),
     }

@@ -9,6 +9,9 @@
   or "Which one was it?";
 * plain chat, answered by the frozen LM's own words (so the adapters keep its manners), half
   of it after a question about an attachment (whose subject must not leak into the answer);
+  or, as often, a request for a sentence about a label alone ("Write one sentence about the
+  number four."), answered with the sentence a request to "..., then draw it" starts with, and
+  no output: the two differ only in the request's output verb, which is what opens a gate;
 * a question about several attachments at once, answered with each one's label in order;
 * and a quarter of them after earlier turns about *other* labels (a question about an
   attachment, or a sentence and an output), sometimes with plain chat between a follow-up and
@@ -25,8 +28,8 @@ from dataclasses import dataclass, field
 
 from anybind.chat.conversation import Attachment, Encoded, Turn, _tokenize, encode
 from anybind.data.manifest import Manifest
-from anybind.data.prompts import (ASK, CHAT, FOLLOW_NAME, SAY_AGAIN, SEVERAL, TOPICS, WRITE_AND_ALL, OutputPrompts,
-                                  sentence)
+from anybind.data.prompts import (ASK, CHAT, FOLLOW_NAME, SAY_AGAIN, SEVERAL, TOPICS, WRITE_AND_ALL, WRITE_ONLY,
+                                  OutputPrompts, sentence)
 from anybind.specs import BINDING_MODALITY
 
 #: An assistant turn whose words are the frozen LM's own, filled in when the LM has answered.
@@ -37,6 +40,10 @@ EARLIER = 0.25
 #: The share of kind-1 conversations that ask about several attachments at once (the rest ask
 #: about one): at 0.3 (about 4% of all conversations) several were named 0-0.2 of the time.
 SEVERAL_SHARE = 0.5
+#: The share of the text-only conversations (kind 7) that ask for a sentence about a label (the
+#: rest are plain chat). Without them every request for a sentence about a label was one for an
+#: output too, and "Write one sentence about the number four." was answered with speech.
+WRITE_ONLY_SHARE = 0.5
 
 
 @dataclass
@@ -137,6 +144,9 @@ def _dialogue(manifest: Manifest, kind: int, label: str, output: str | None, poo
         else:
             ask, answer = rng.choice(SAY_AGAIN).format(kind=manifest.kind or "one"), manifest.answer_for(label)
         return Dialogue(_asked(manifest, attachment, label, rng) + [Turn("user", ask)], [("text", answer)]), label
+    if rng.random() < WRITE_ONLY_SHARE:  # a sentence about the label, and no output
+        ask = rng.choice(WRITE_ONLY).format(**fill)
+        return Dialogue([Turn("user", ask)], [("text", about(manifest, label, caption, rng))]), label
     # plain chat: the frozen LM's own answer, half the time after talk about an attachment (the
     # answer is the same: earlier talk must not leak into it)
     history = _asked(manifest, *rng.choice(pool), rng, plain=0) if rng.random() < 0.5 else []
