@@ -169,6 +169,45 @@ def test_the_output_projector_reads_the_context_when_configured():
     assert plain(states).shape == (2, 3, 5)  # projectors saved before context load and run as they were
 
 
+def test_the_gate_reads_where_each_rows_answer_starts(drawing_chat, monkeypatch):
+    """[IMG0]'s logit at every step reads that step's state and the state where the row's answer
+    starts (the last of its prompt), as align-out and instruct train it, in a left-padded batch."""
+    import anybind.chat.decode as decode
+    from anybind.models.output import GenerativeOutput, GenerativeOutputConfig
+
+    model = anybind.load(drawing_chat)
+    backbone, gen = model.backbone, model.output("image")
+    assert gen.config.request_gate
+    seen = []
+    real_sample = decode.sample
+    monkeypatch.setattr(decode, "sample", lambda logits, *a: seen.append(logits.clone()) or real_sample(logits, *a))
+    prompts = ["Draw a seven.", "Write one sentence about the number three, then draw it, please."]
+    encodings = [encode(backbone.tokenizer, model.conversation(p), model.soft_tokens) for p in prompts]
+    embeds, mask = input_embeddings(backbone, encodings, [None, None], pad_left=True)
+    tokens = [t for t, _ in decode_with_outputs(backbone.model, embeds, mask, SamplingOptions(3), backbone.stop_ids,
+                                                OutputVocab([gen], backbone.vocab_size))]
+    V = backbone.vocab_size
+    for row, e in enumerate(encodings):
+        ids = list(e.ids) + [int(t[row]) for t in tokens[:-1]]
+        if any(i >= V for i in ids):
+            continue  # an image started: its forced tokens are checked elsewhere
+        with torch.no_grad():
+            states = backbone.model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+            expected = gen.logit(states[len(e.ids) - 1:], states[len(e.ids) - 1])
+        got = torch.stack([logits[row, V] for logits in seen[:len(expected)]])
+        assert torch.allclose(got, expected, atol=1e-3)
+    # A gate that reads the request needs it; one saved before it existed reads the state alone.
+    torch.manual_seed(0)
+    both = GenerativeOutput(GenerativeOutputConfig(lm_width=8, tokens=2, cond_tokens=3, cond_width=5, width=16,
+                                                   request_gate=True))
+    hidden, request = torch.randn(3, 8), torch.randn(8)
+    with pytest.raises(ValueError, match="request"):
+        both.logit(hidden)
+    assert not torch.allclose(both.logit(hidden, request), both.logit(hidden, request + 1.0))
+    alone = GenerativeOutput(GenerativeOutputConfig(lm_width=8, tokens=2, cond_tokens=3, cond_width=5, width=16))
+    assert torch.equal(alone.logit(hidden), alone.logit(hidden, request))
+
+
 def test_images_may_start_only_at_the_answer_start_or_after_a_sentence(tiny_lm):
     from anybind.models.output import sentence_boundaries
     from anybind.models.backbone import load_backbone

@@ -113,19 +113,20 @@ def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torc
     base, head, table = model.base_model, model.get_output_embeddings(), model.get_input_embeddings()
     V, rows_of_outputs = vocab.vocab, vocab.table()
     firsts, lasts = (t.to(inputs_embeds.device) for t in vocab.bounds())
+    request = None  # each row's state where its answer starts (the prompt is left-padded: its last position)
 
     def forward(embeds, past):
         out = base(inputs_embeds=embeds, attention_mask=steps.mask, position_ids=steps.positions,
                    past_key_values=past, use_cache=True)
         h = out.last_hidden_state
-        return torch.cat([head(h[:, -1]).float(), vocab.gate_logits(h[:, -1])], dim=-1), h, out.past_key_values
+        gates = vocab.gate_logits(h[:, -1], h[:, -1] if request is None else request)
+        return torch.cat([head(h[:, -1]).float(), gates], dim=-1), h, out.past_key_values
 
     logits, hidden, past = forward(inputs_embeds, None)
+    request = hidden[:, -1]
     run_last = torch.full((steps.rows,), -1, dtype=torch.long, device=inputs_embeds.device)  # last id of the run a row is in
     made = torch.zeros(steps.rows, dtype=torch.long, device=inputs_embeds.device)
-    if boundaries is not None:
-        boundaries = boundaries.to(inputs_embeds.device)
-    previous = None
+    boundaries, previous = boundaries.to(inputs_embeds.device) if boundaries is not None else None, None
     while True:
         blocked = made >= max_outputs
         if boundaries is not None and previous is not None:

@@ -35,9 +35,10 @@ class OutputVocab:
         """Input embeddings of every generative id, in id order: ``(size - V, H)``."""
         return torch.cat([o.embed for o in self.outputs])
 
-    def gate_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``(B, H)`` final states -> ``(B, outputs)`` logits of each output's ``[TOK0]``."""
-        return torch.stack([o.logit(hidden) for o in self.outputs], dim=-1)
+    def gate_logits(self, hidden: torch.Tensor, request: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, H)`` final states -> ``(B, outputs)`` logits of each output's ``[TOK0]``;
+        ``request`` ``(B, H)``: each row's state where its answer starts (see ``GenerativeOutput.logit``)."""
+        return torch.stack([o.logit(hidden, request) for o in self.outputs], dim=-1)
 
     def owner(self, token_id: int) -> tuple[int, int] | None:
         """``(output index, j)`` of a generative id (``[TOK_j]`` of that output), None for a text id."""

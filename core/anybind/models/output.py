@@ -42,6 +42,10 @@ class GenerativeOutputConfig:
     layers: int = 2
     heads: int = 4
     context: bool = False  # the memory also reads the conversation's states before [IMG0]
+    # The [IMG0] gate also reads the state where the answer starts (the end of the request): at
+    # a sentence's end the state says what the sentence was about more than what the request
+    # asked for, so "Write one sentence about four." and "..., then draw it." looked alike there.
+    request_gate: bool = False
     recency: int = 256  # context positions further back than this share one recency embedding
     # Classifier-free guidance to draw with (None: the decoder's own). Projected conditioning
     # misses the caption's encoding by a residual; a stronger guidance scale follows the part
@@ -65,7 +69,8 @@ class GenerativeOutput(PretrainedMixin, nn.Module):
         # The output "row" of [IMG0]: a small MLP on the final hidden state rather than one
         # linear row, because the frozen LM's states separate "draw now" from "keep talking"
         # poorly along any single direction (measured: a linear row fired on most plain questions).
-        self.head = nn.Sequential(nn.Linear(c.lm_width, c.width), nn.GELU(), nn.Linear(c.width, 1))
+        self.head = nn.Sequential(nn.Linear(c.lm_width * (2 if c.request_gate else 1), c.width), nn.GELU(),
+                                  nn.Linear(c.width, 1))
         # Standardisation of the [IMG] states, measured on the training conversations: what the
         # image should show is a small part of a frozen LM's final state (a few % of its norm),
         # and reading it relative to its spread across requests makes it the main signal.
@@ -118,9 +123,15 @@ class GenerativeOutput(PretrainedMixin, nn.Module):
     def set_logit_offset(self, value: float) -> None:
         self.head[-1].bias.fill_(value)
 
-    def logit(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The ``[IMG0]`` logit for final hidden states ``(..., H)`` -> ``(...)``."""
-        return self.head(hidden.float()).squeeze(-1)
+    def logit(self, hidden: torch.Tensor, request: torch.Tensor | None = None) -> torch.Tensor:
+        """The ``[IMG0]`` logit for final hidden states ``(..., H)`` -> ``(...)``; ``request``: the
+        state where each answer starts (broadcast against ``hidden``), read by a request gate."""
+        hidden = hidden.float()
+        if self.config.request_gate:
+            if request is None:
+                raise ValueError("this output's gate reads the request: pass the state where the answer starts")
+            hidden = torch.cat([hidden, request.float().to(hidden.device).expand_as(hidden)], dim=-1)
+        return self.head(hidden).squeeze(-1)
 
     @property
     def reads_context(self) -> bool:

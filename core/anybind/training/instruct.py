@@ -108,8 +108,9 @@ class _Tuner(nn.Module):
         states = torch.stack([rows[r][p] for r, d in enumerate(batch) for p, _ in d.targets])
         ids = torch.tensor([t for d in batch for _, t in d.targets], device=states.device)
         logits = model.get_output_embeddings()(states).float()
-        if len(self.vocab):
-            logits = torch.cat([logits, self.vocab.gate_logits(states)], dim=-1)
+        if len(self.vocab):  # a row's first target is its answer's first token: where the request ends
+            requests = torch.stack([rows[r][d.targets[0][0]] for r, d in enumerate(batch) for _ in d.targets])
+            logits = torch.cat([logits, self.vocab.gate_logits(states, requests)], dim=-1)
         ce = F.cross_entropy(logits, ids)
         parts = {"ce": float(ce.detach())}
         loss = ce

@@ -79,8 +79,9 @@ class OutputObjective(nn.Module):
                 target = logits.gather(1, ids.clamp(max=logits.shape[1] - 1)[:, None])[:, 0]
                 first = torch.zeros(len(ids), dtype=torch.bool)
                 first[0] = True  # the answer's first token: where "draw now?" is decided
+                # the first target is the answer's first token: its state is where the request ends
                 item = {"hidden": hidden.cpu(), "lse": logits.logsumexp(-1).cpu(), "target": target.cpu(),
-                        "is_output": is_image, "first": first}
+                        "is_output": is_image, "first": first, "request": hidden[0].cpu()}
                 if e.caption is not None:  # the prefix's keys, values and states, then the row's own
                     item["kv"] = [(torch.cat([layer.keys[row, :, :n], layer.keys[row, :, n + offset:]], dim=1),
                                    torch.cat([layer.values[row, :, :n], layer.values[row, :, n + offset:]], dim=1))
@@ -106,7 +107,8 @@ class OutputObjective(nn.Module):
         target = torch.cat([it["target"] for it in items]).to(device)
         is_image = torch.cat([it["is_output"] for it in items]).to(device)
         first = torch.cat([it["first"] for it in items]).to(device)
-        z = gen.logit(hidden)
+        request = torch.cat([it["request"].expand(len(it["hidden"]), -1) for it in items]).to(device)
+        z = gen.logit(hidden, request)
         norm = torch.logaddexp(lse, z)
         # Each kind of position weighs the same, however many there are: [IMG0] where an image
         # belongs; a text token as an answer's first token (the hard negatives: "draw now?" is
@@ -155,7 +157,8 @@ class OutputObjective(nn.Module):
         mse, contrast = conditioning_loss(predicted, target, self.bank, self.temperature)
         # After the image the answer ends: end of turn, not another [IMG0].
         last = states[:, -1]
-        logits = torch.cat([model.get_output_embeddings()(last).float(), gen.logit(last)[:, None]], dim=-1)
+        request = torch.stack([it["request"] for it in items]).to(device)
+        logits = torch.cat([model.get_output_embeddings()(last).float(), gen.logit(last, request)[:, None]], dim=-1)
         after = F.cross_entropy(logits, torch.full((len(items),), self.end_id, device=device))
         return mse, contrast, after
 

@@ -56,6 +56,7 @@ class AlignOutSettings:
     contrast_weight: float = 0.05
     contrast_temperature: float = 0.02
     context: bool = True  # the output projector also reads the conversation before [IMG0]
+    request_gate: bool = True  # the [TOK0] gate also reads the state where the answer starts
     guidance: float | None = 5.0  # what the chat draws with (None: the decoder's own default)
     seed: int = 0
     save_every: int = 100
