@@ -7,6 +7,8 @@ PROMPTS = OutputPrompts(
         "Draw {c}.", "Please draw {c}.", "Can you draw {c}?", "Show me a picture of {c}.", "Make an image of {c}.",
         "Sketch {c} for me.", "I'd like to see {c}.", "Generate an image of {c}.", "Draw a {l}.", "Draw {s}.",
         "Could you draw me a {l}?", "Show me what a {l} looks like.", "Paint {c}.", "Draw me {c}, please.",
+        "Show me {c}.", "I want a picture of {c}.", "Could you sketch {s}?", "Illustrate {c}.",
+        "Can I see a drawing of {c}?", "Picture {s} for me.",
     ),
     write_and=(
         "Write one sentence about {s}, then draw it.", "Tell me about {c} in one sentence and then draw it.",
