@@ -208,6 +208,39 @@ def test_the_gate_reads_where_each_rows_answer_starts(drawing_chat, monkeypatch)
     assert torch.equal(alone.logit(hidden), alone.logit(hidden, request))
 
 
+def test_a_word_never_follows_itself_in_an_answer(drawing_chat):
+    """The tiny random LM loops on one token when decoding greedily; with its tokens marked as
+    words it never repeats one straight away. Digits and punctuation are not words."""
+    from anybind.chat.decode import word_tokens
+
+    model = anybind.load(drawing_chat)
+    backbone, gen = model.backbone, model.output("image")
+    prompts = ["Draw a seven.", "What is this?", "Tell me about the sea.", "Hello there, how are you?"]
+    encodings = [encode(backbone.tokenizer, model.conversation(p), model.soft_tokens) for p in prompts]
+    embeds, mask = input_embeddings(backbone, encodings, [None] * len(prompts), pad_left=True)
+    vocab, V = OutputVocab([gen], backbone.vocab_size), backbone.vocab_size
+
+    def answers(words):
+        steps = decode_with_outputs(backbone.model, embeds, mask, SamplingOptions(48), [], vocab, max_outputs=0,
+                                    words=words)
+        return torch.stack([t for t, _ in steps], dim=1).tolist()
+
+    def repeats(rows):
+        return sum(a == b and a < V for row in rows for a, b in zip(row, row[1:]))
+
+    assert repeats(answers(None)) > 0  # what the guard is for
+    assert repeats(answers(torch.ones(V, dtype=torch.bool))) == 0
+    words = word_tokens(backbone.tokenizer, V)
+    def single(texts):
+        ids = [backbone.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        return [i[0] for i in ids if len(i) == 1]
+
+    whole_words = single([" the", " is", " seven", " draw", "Here", " digit"])
+    assert whole_words and all(words[i] for i in whole_words)
+    assert not any(words[i] for i in single(["7", "0", ".", "...", "\n", " ", "!"]))
+    assert model.words.shape == (V,)
+
+
 def test_images_may_start_only_at_the_answer_start_or_after_a_sentence(tiny_lm):
     from anybind.models.output import sentence_boundaries
     from anybind.models.backbone import load_backbone

@@ -66,7 +66,8 @@ def _with_outputs(model, embeds, mask, request_starts: list[int], max_new_tokens
     ids: list[list[int]] = [[] for _ in range(len(mask))]
     pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
     for token, hidden in decode_with_outputs(backbone.model, embeds, mask, SamplingOptions(max_new_tokens),
-                                             backbone.stop_ids, vocab, max_outputs=max_outputs, boundaries=model.boundaries):
+                                             backbone.stop_ids, vocab, max_outputs=max_outputs, boundaries=model.boundaries,
+                                             words=model.words):
         pending += tracker.push(token, hidden)
         for row, token_id in enumerate(token.tolist()):
             ids[row].append(token_id)

@@ -35,8 +35,11 @@ def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Gene
 class _Steps:
     """What both loops share: the sampler's generator, positions, the growing mask and stopping."""
 
-    def __init__(self, attention_mask: torch.Tensor, options: SamplingOptions, stop_ids, device):
+    def __init__(self, attention_mask: torch.Tensor, options: SamplingOptions, stop_ids, device,
+                 words: torch.Tensor | None = None):
         self.options = options
+        self.words = words.to(device) if words is not None else None  # see word_tokens
+        self.last: torch.Tensor | None = None
         self.generator = None
         if options.seed is not None:
             self.generator = torch.Generator(device=device).manual_seed(options.seed)
@@ -48,6 +51,11 @@ class _Steps:
         self.step = 0
 
     def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.words is not None and self.last is not None:  # a word never follows itself
+            repeated = (self.last < len(self.words)) & self.words[self.last.clamp(max=len(self.words) - 1)]
+            if bool(repeated.any()):
+                logits = logits.clone()
+                logits[repeated.nonzero()[:, 0], self.last[repeated]] = float("-inf")
         return sample(logits, self.options, self.generator)
 
     def settle(self, token: torch.Tensor) -> torch.Tensor:
@@ -55,6 +63,7 @@ class _Steps:
         if len(self.stop):
             token = torch.where(self.finished, self.stop[0], token)
             self.finished |= torch.isin(token, self.stop)
+        self.last = token
         return token
 
     def advance(self, busy: bool = False) -> bool:
@@ -98,7 +107,8 @@ def decode_text(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
 
 @torch.inference_mode()
 def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, options: SamplingOptions,
-                        stop_ids, vocab, *, max_outputs: int = 4, boundaries: torch.Tensor | None = None) -> Iterator:
+                        stop_ids, vocab, *, max_outputs: int = 4, boundaries: torch.Tensor | None = None,
+                        words: torch.Tensor | None = None) -> Iterator:
     """Yield ``(token (B,), hidden)`` per step; ``vocab`` is the :class:`~anybind.chat.outputs.OutputVocab`.
 
     Each output's first token ``[TOK0]`` competes with the text tokens (one gate logit per
@@ -108,8 +118,9 @@ def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torc
     ``token`` is. A row part-way through an output finishes it even past ``max_new_tokens``.
     ``boundaries`` (bool over the vocabulary) lets a ``[TOK0]`` compete only at the first step
     and after a token marked True (a sentence end); ``max_outputs`` caps the outputs per row.
+    ``words`` (bool over the vocabulary, :func:`word_tokens`): a token marked True never follows itself.
     """
-    steps = _Steps(attention_mask, options, stop_ids, inputs_embeds.device)
+    steps = _Steps(attention_mask, options, stop_ids, inputs_embeds.device, words)
     base, head, table = model.base_model, model.get_output_embeddings(), model.get_input_embeddings()
     V, rows_of_outputs = vocab.vocab, vocab.table()
     firsts, lasts = (t.to(inputs_embeds.device) for t in vocab.bounds())
@@ -154,3 +165,17 @@ def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torc
         if bool(is_output.any()):
             embeds = torch.where(is_output[:, None], rows_of_outputs[(token - V).clamp(min=0)].to(embeds.dtype), embeds)
         logits, hidden, past = forward(embeds[:, None], past)
+
+
+def word_tokens(tokenizer, vocab: int) -> torch.Tensor:
+    """``(vocab,)`` bool: tokens that are a whole word of letters ("handwritten", not "1", "." or
+    "\\n"). An instruction-tuned small LM unsure of the next word tends to repeat the last one
+    ("Here is a handwritten handwritten handwritten ...") to the token limit; a word right after
+    itself is almost never meant, while digits ("100") and punctuation ("...") repeat rightly."""
+    words = torch.zeros(vocab, dtype=torch.bool)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(min(vocab, len(tokenizer)))))
+    for i, piece in enumerate(pieces):
+        if piece is not None:
+            text = tokenizer.convert_tokens_to_string([piece]).strip()
+            words[i] = len(text) > 1 and text.isalpha()
+    return words

@@ -54,6 +54,7 @@ class ChatModel:
         self._decoder_references = dict(decoders or {})
         self._decoders: dict[str, object] = {}
         self._boundaries = None
+        self._words = None
         self.soft_tokens = next(iter(projectors.values())).config.tokens if projectors else 4
         self.instructed = False
         #: the modalities the instruct stage trained on as attachments
@@ -185,6 +186,15 @@ class ChatModel:
         if self._boundaries is None:
             self._boundaries = sentence_boundaries(self.backbone.tokenizer, self.backbone.vocab_size)
         return self._boundaries
+
+    @property
+    def words(self) -> torch.Tensor:
+        """Tokens that never follow themselves in an answer (see :func:`anybind.chat.decode.word_tokens`)."""
+        if self._words is None:
+            from anybind.chat.decode import word_tokens
+
+            self._words = word_tokens(self.backbone.tokenizer, self.backbone.vocab_size)
+        return self._words
 
     def output(self, modality: str | None = None) -> GenerativeOutput:
         """The generative output of ``modality`` (default: the only one, or the binding modality's

@@ -41,7 +41,7 @@ def respond(model, turns: list[Turn], options: SamplingOptions | None = None, *,
         steps = ((token, None) for token in decode_text(backbone.model, embeds, mask, options, backbone.stop_ids))
     else:
         steps = decode_with_outputs(backbone.model, embeds, mask, options, backbone.stop_ids, vocab,
-                                    max_outputs=max_images, boundaries=model.boundaries)
+                                    max_outputs=max_images, boundaries=model.boundaries, words=model.words)
     tracker = OutputStates(vocab, mask, [encoded.request_start]) if vocab is not None else None
     stream, stop = TextStream(backbone.tokenizer), set(backbone.stop_ids)
     first, reason, count, made, kinds = None, "length", 0, 0, {}
