@@ -241,6 +241,20 @@ def test_a_word_never_follows_itself_in_an_answer(drawing_chat):
     assert model.words.shape == (V,)
 
 
+def test_eval_generate_prints_each_part_with_its_own_examples(drawing_chat, small_world, tmp_path):
+    """A model that always draws: every request for a sentence is answered with a drawing, so both
+    the write-then-draw and the words-alone lines have examples, each printed under its own line."""
+    model = always_draws(drawing_chat, tmp_path / "draws")
+    proc = cli_in_process("eval", "generate", "--model", model, "--manifest", small_world, "-n", "2", "--steps", "1",
+                          check=True)
+    lines = proc.stdout.splitlines()
+    alone = next(i for i, line in enumerate(lines) if line.startswith("chat: a sentence alone"))
+    then = next(i for i, line in enumerate(lines) if line.startswith("chat: a sentence, then the output"))
+    assert "no output 0.000" in lines[alone]  # it always draws
+    assert lines[then + 1].startswith("  'Write a sentence about") and "output(s)" in lines[then + 1]
+    assert lines[alone + 1].startswith("  '") and lines[alone + 1].endswith("+ image")
+
+
 def test_images_may_start_only_at_the_answer_start_or_after_a_sentence(tiny_lm):
     from anybind.models.output import sentence_boundaries
     from anybind.models.backbone import load_backbone

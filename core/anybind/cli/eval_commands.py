@@ -160,12 +160,14 @@ def _print_generate(results: dict) -> None:
         r = results["chat_write_and_draw"]
         click.echo(f"chat: a sentence, then the output: both present {r['both']:.3f}, both present and agreeing "
                    f"{r['both_and_agree']:.3f} (n={r['asked']})")
+        for e in r["examples"][:2]:
+            click.echo(f"  {e['prompt']!r} -> {e['text']!r} + {e['images']} output(s)")
     if "words_only" in results:
         r = results["words_only"]
         click.echo(f"chat: a sentence alone (no output asked): no output {r['no_output']:.3f}, naming the label and "
                    f"no output {r['named_and_no_output']:.3f} (n={r['asked']})")
-        for e in r["examples"][:2]:
-            click.echo(f"  {e['prompt']!r} -> {e['text']!r} + {e['images']} output(s)")
+        for e in r["examples"][:2]:  # answers that made an output all the same
+            click.echo(f"  {e['prompt']!r} -> {e['text']!r} + {', '.join(e['outputs'])}")
     if "together" in results:
         r = results["together"]
         click.echo(f"chat: a sentence, then {' and '.join(r['order'])} in one answer: complete {r['complete']:.3f}, "
