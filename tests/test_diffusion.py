@@ -211,7 +211,7 @@ def test_the_gate_reads_where_each_rows_answer_starts(drawing_chat, monkeypatch)
 def test_a_word_never_follows_itself_in_an_answer(drawing_chat):
     """The tiny random LM loops on one token when decoding greedily; with its tokens marked as
     words it never repeats one straight away. Digits and punctuation are not words."""
-    from anybind.chat.decode import word_tokens
+    from anybind.models.output import token_texts, word_tokens
 
     model = anybind.load(drawing_chat)
     backbone, gen = model.backbone, model.output("image")
@@ -230,7 +230,7 @@ def test_a_word_never_follows_itself_in_an_answer(drawing_chat):
 
     assert repeats(answers(None)) > 0  # what the guard is for
     assert repeats(answers(torch.ones(V, dtype=torch.bool))) == 0
-    words = word_tokens(backbone.tokenizer, V)
+    words = word_tokens(token_texts(backbone.tokenizer, V))
     def single(texts):
         ids = [backbone.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         return [i[0] for i in ids if len(i) == 1]
@@ -256,11 +256,11 @@ def test_eval_generate_prints_each_part_with_its_own_examples(drawing_chat, smal
 
 
 def test_images_may_start_only_at_the_answer_start_or_after_a_sentence(tiny_lm):
-    from anybind.models.output import sentence_boundaries
+    from anybind.models.output import sentence_boundaries, token_texts
     from anybind.models.backbone import load_backbone
 
     backbone = load_backbone(f"hf:{tiny_lm}")
-    ends = sentence_boundaries(backbone.tokenizer, backbone.vocab_size)
+    ends = sentence_boundaries(token_texts(backbone.tokenizer, backbone.vocab_size))
     ids = backbone.tokenizer("It is the digit seven. Which digit?", add_special_tokens=False)["input_ids"]
     marked = [backbone.tokenizer.decode([i]) for i in ids if ends[i]]
     assert [m.strip() for m in marked] == [".", "?"] or [m.strip()[-1] for m in marked] == [".", "?"]
@@ -268,12 +268,12 @@ def test_images_may_start_only_at_the_answer_start_or_after_a_sentence(tiny_lm):
 
 def test_text_before_an_image_ends_where_the_image_may_start(tiny_lm):
     from anybind.training.align_out import text_before_output as text_before_image
-    from anybind.models.output import sentence_boundaries
+    from anybind.models.output import sentence_boundaries, token_texts
     from anybind.models.backbone import load_backbone
 
     backbone = load_backbone(f"hf:{tiny_lm}")
     tokenizer = backbone.tokenizer
-    ends = sentence_boundaries(tokenizer, backbone.vocab_size)
+    ends = sentence_boundaries(token_texts(tokenizer, backbone.vocab_size))
     written = tokenizer("Here it is.", add_special_tokens=False)["input_ids"]
     assert text_before_image(tokenizer, "Here it is.", ends) == written  # already ends a sentence
     cut = text_before_image(tokenizer, "an answer cut off mid", ends)  # the LM's own, truncated

@@ -38,7 +38,7 @@ class _Steps:
     def __init__(self, attention_mask: torch.Tensor, options: SamplingOptions, stop_ids, device,
                  words: torch.Tensor | None = None):
         self.options = options
-        self.words = words.to(device) if words is not None else None  # see word_tokens
+        self.words = words.to(device) if words is not None else None  # see models.output.word_tokens
         self.last: torch.Tensor | None = None
         self.generator = None
         if options.seed is not None:
@@ -118,7 +118,7 @@ def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torc
     ``token`` is. A row part-way through an output finishes it even past ``max_new_tokens``.
     ``boundaries`` (bool over the vocabulary) lets a ``[TOK0]`` compete only at the first step
     and after a token marked True (a sentence end); ``max_outputs`` caps the outputs per row.
-    ``words`` (bool over the vocabulary, :func:`word_tokens`): a token marked True never follows itself.
+    ``words`` (bool over the vocabulary, ``models.output.word_tokens``): a marked token never follows itself.
     """
     steps = _Steps(attention_mask, options, stop_ids, inputs_embeds.device, words)
     base, head, table = model.base_model, model.get_output_embeddings(), model.get_input_embeddings()
@@ -166,16 +166,3 @@ def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torc
             embeds = torch.where(is_output[:, None], rows_of_outputs[(token - V).clamp(min=0)].to(embeds.dtype), embeds)
         logits, hidden, past = forward(embeds[:, None], past)
 
-
-def word_tokens(tokenizer, vocab: int) -> torch.Tensor:
-    """``(vocab,)`` bool: tokens that are a whole word of letters ("handwritten", not "1", "." or
-    "\\n"). An instruction-tuned small LM unsure of the next word tends to repeat the last one
-    ("Here is a handwritten handwritten handwritten ...") to the token limit; a word right after
-    itself is almost never meant, while digits ("100") and punctuation ("...") repeat rightly."""
-    words = torch.zeros(vocab, dtype=torch.bool)
-    pieces = tokenizer.convert_ids_to_tokens(list(range(min(vocab, len(tokenizer)))))
-    for i, piece in enumerate(pieces):
-        if piece is not None:
-            text = tokenizer.convert_tokens_to_string([piece]).strip()
-            words[i] = len(text) > 1 and text.isalpha()
-    return words

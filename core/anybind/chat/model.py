@@ -23,7 +23,7 @@ from anybind.errors import CheckpointError, InputError
 from anybind.layout import DONE_NAME, ChatDir, stored_decoder_reference
 from anybind.specs import BINDING_MODALITY
 from anybind.models.backbone import Backbone, apply_adapter, load_backbone
-from anybind.models.output import GenerativeOutput, sentence_boundaries
+from anybind.models.output import GenerativeOutput, sentence_boundaries, token_texts, word_tokens
 from anybind.models.projector import InputProjector
 from anybind.models.space import AnybindModel, Tower, resolve_input
 from anybind.persistence import CONFIG_NAME, read_config, read_json
@@ -183,18 +183,20 @@ class ChatModel:
     @property
     def boundaries(self) -> torch.Tensor:
         """Tokens after which an output may start (see :func:`anybind.models.output.sentence_boundaries`)."""
-        if self._boundaries is None:
-            self._boundaries = sentence_boundaries(self.backbone.tokenizer, self.backbone.vocab_size)
+        self._classify_tokens()
         return self._boundaries
 
     @property
     def words(self) -> torch.Tensor:
-        """Tokens that never follow themselves in an answer (see :func:`anybind.chat.decode.word_tokens`)."""
-        if self._words is None:
-            from anybind.chat.decode import word_tokens
-
-            self._words = word_tokens(self.backbone.tokenizer, self.backbone.vocab_size)
+        """Tokens that never follow themselves in an answer (see :func:`anybind.models.output.word_tokens`)."""
+        self._classify_tokens()
         return self._words
+
+    def _classify_tokens(self) -> None:
+        """Both of the decode loop's token classes, from one pass over the vocabulary's texts."""
+        if self._boundaries is None:
+            texts = token_texts(self.backbone.tokenizer, self.backbone.vocab_size)
+            self._boundaries, self._words = sentence_boundaries(texts), word_tokens(texts)
 
     def output(self, modality: str | None = None) -> GenerativeOutput:
         """The generative output of ``modality`` (default: the only one, or the binding modality's

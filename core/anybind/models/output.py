@@ -171,17 +171,31 @@ class GenerativeOutput(PretrainedMixin, nn.Module):
         return self.out(self.blocks(queries, memory, memory_key_padding_mask=padding))
 
 
-def sentence_boundaries(tokenizer, vocab: int) -> torch.Tensor:
-    """``(vocab,)`` bool: tokens after which an output may start (they end a sentence or line).
+def token_texts(tokenizer, vocab: int) -> list[str]:
+    """The text of each id ``0 .. vocab-1`` written alone ("" for an id the tokenizer has no piece
+    for): what :func:`sentence_boundaries` and :func:`word_tokens` classify."""
+    texts = [""] * vocab
+    pieces = tokenizer.convert_ids_to_tokens(list(range(min(vocab, len(tokenizer)))))
+    for i, piece in enumerate(pieces):
+        if piece is not None:
+            texts[i] = tokenizer.convert_tokens_to_string([piece])
+    return texts
+
+
+def sentence_boundaries(texts: list[str]) -> torch.Tensor:
+    """``(vocab,)`` bool over :func:`token_texts`: tokens after which an output may start (they
+    end a sentence or line).
 
     Outputs go between sentences, never inside a word: the decode loop only lets a ``[TOK0]``
     compete at the answer's start and after these tokens, and align-out trains it there.
     """
-    ends = torch.zeros(vocab, dtype=torch.bool)
-    pieces = tokenizer.convert_ids_to_tokens(list(range(min(vocab, len(tokenizer)))))
-    for i, piece in enumerate(pieces):
-        if piece is None:
-            continue
-        text = tokenizer.convert_tokens_to_string([piece]).rstrip(" ")
-        ends[i] = text.endswith((".", "!", "?", ":", "\n"))
-    return ends
+    return torch.tensor([t.rstrip(" ").endswith((".", "!", "?", ":", "\n")) for t in texts], dtype=torch.bool)
+
+
+def word_tokens(texts: list[str]) -> torch.Tensor:
+    """``(vocab,)`` bool over :func:`token_texts`: tokens that are a whole word of letters
+    ("handwritten", not "1", "." or "\\n"), which the decode loop never lets follow themselves.
+    An instruction-tuned small LM unsure of the next word tends to repeat the last one ("Here is a
+    handwritten handwritten handwritten ...") to the token limit; a word right after itself is
+    almost never meant, while digits ("100") and punctuation ("...") repeat rightly."""
+    return torch.tensor([len(t.strip()) > 1 and t.strip().isalpha() for t in texts], dtype=torch.bool)
