@@ -94,3 +94,36 @@ def test_kill_9_mid_stage_then_rerun_gives_the_uninterrupted_weights(small_world
         assert a.keys() == b.keys()
         worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
         assert worst <= 1e-6, (modality, worst)
+
+
+def test_progress_saved_by_another_configuration_is_started_over_not_loaded(tmp_path, capsys):
+    """A stage stopped mid-way, then run with other settings (a wider adapter, say): its saved
+    progress cannot load into the new module, so the run says so and starts from step 0."""
+    import torch
+    from accelerate import Accelerator
+
+    from anybind.training.trainer import LoopSettings, MetricsLog, run_loop
+
+    def run(width: int, steps: int, stop_at: int | None = None):
+        torch.manual_seed(0)
+        module = torch.nn.Linear(4, width)
+        seen = []
+
+        def step_fn(model, rows):
+            seen.append(len(seen))
+            if stop_at is not None and len(seen) > stop_at:
+                raise KeyboardInterrupt
+            return model(torch.ones(len(rows), 4)).pow(2).mean()
+
+        loop = LoopSettings(steps=steps, batch_size=2, lr=1e-2, save_every=2, progress=False)
+        run_loop(stage="test", name="part", module=module, n_rows=8, step_fn=step_fn, loop=loop,
+                 accelerator=Accelerator(cpu=True), progress_dir=tmp_path / "progress",
+                 metrics=MetricsLog(tmp_path / "metrics.jsonl"))
+        return seen
+
+    with pytest.raises(KeyboardInterrupt):
+        run(width=3, steps=6, stop_at=3)  # stopped after saving its progress at step 2
+    assert json.loads((tmp_path / "progress" / "state.json").read_text())["step"] == 2
+    assert len(run(width=5, steps=6)) == 6  # every step run again, none loaded
+    out = capsys.readouterr()
+    assert "another configuration" in out.out + out.err and "is (3,) there, (5,) here" in out.out + out.err

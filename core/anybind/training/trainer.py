@@ -212,7 +212,7 @@ def run_loop(
     optimizer = torch.optim.AdamW(_param_groups(module, loop), lr=loop.lr, weight_decay=loop.weight_decay)
     # The data order: which rows each step trains on.
     rngs = {"rows": random.Random(loop.seed * 1000 + accelerator.process_index * 17), **(rngs or {})}
-    start = _resume(module, optimizer, rngs, progress_dir)
+    start = _resume(module, optimizer, rngs, progress_dir, accelerator, f"{stage} {name}")
     if start:
         say(accelerator, f"{stage} {name}: resuming at step {start}/{loop.steps}")
     schedule = _warmup_cosine(optimizer, loop.steps, start)
@@ -252,8 +252,32 @@ def _show(bar, metrics: MetricsLog, stage: str, name: str, step: int, steps: int
                       **{k: round(v, 5) for k, v in extra.items()}, lr=lr)
 
 
-def _resume(module: nn.Module, optimizer, rngs: dict[str, random.Random], progress_dir: Path) -> int:
-    """Load a mid-stage checkpoint if there is one (weights, optimizer, random states); its step, else 0."""
+def _other_configuration(module: nn.Module, progress_dir: Path) -> str:
+    """What makes the mid-stage checkpoint in ``progress_dir`` another configuration's ('' if none
+    or it is this module's): a tensor of another shape, or one this module does not have."""
+    if not progress_step(progress_dir):
+        return ""
+    own = module.state_dict()
+    saved = load_model_dir(progress_dir / "model")[1]
+    for key, tensor in saved.items():
+        if key not in own:
+            return f"it has {key}, this run does not"
+        if tuple(own[key].shape) != tuple(tensor.shape):
+            return f"{key} is {tuple(tensor.shape)} there, {tuple(own[key].shape)} here"
+    return ""
+
+
+def _resume(module: nn.Module, optimizer, rngs: dict[str, random.Random], progress_dir: Path, accelerator,
+            part: str) -> int:
+    """Load a mid-stage checkpoint if there is one (weights, optimizer, random states); its step, else 0.
+    One of a run with other settings (a wider adapter, another model) is not this run's: dropped."""
+    other = _other_configuration(module, progress_dir)
+    if other:
+        say(accelerator, f"{part}: the progress saved in {progress_dir} is of another configuration ({other}); "
+                         "starting over")
+        if accelerator.is_main_process:
+            shutil.rmtree(progress_dir, ignore_errors=True)
+        accelerator.wait_for_everyone()
     start = progress_step(progress_dir)
     if start:
         module.load_state_dict(load_model_dir(progress_dir / "model")[1], strict=False)
