@@ -14,6 +14,8 @@ training always sees the fp32 backbone. ``bench/chat_speed.py`` measures speed a
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import warnings
 
 import torch
@@ -27,22 +29,66 @@ KEEP_FP32 = ("down_proj", "c_proj", "fc2", "dense_4h_to_h")
 
 
 def quantize_backbone(backbone, kind: str = "int8") -> None:
-    """Quantize ``backbone``'s LM in place (after any adapter is merged into it)."""
+    """Quantize ``backbone``'s LM in place (after any adapter is merged into it), one layer at a time."""
     if kind not in QUANTIZATIONS:
         raise CheckpointError(f"unknown quantization {kind!r} (known: {', '.join(QUANTIZATIONS)})")
     if backbone.device.type != "cpu":
         raise CheckpointError(f"int8 decoding is for the CPU; on {backbone.device.type} the backbone runs in bf16")
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
 
     if "fbgemm" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "fbgemm"
-    with warnings.catch_warnings():  # torch.ao's deprecation notice (the API is what this torch ships)
-        warnings.simplefilter("ignore")
-        # A scale per output channel; and the MLP's output projections stay fp32: their inputs carry
-        # the LM's outlier activations, and quantized (one scale per tensor of activations) they
-        # took chat accuracy from 0.90 to 0.29 (bench/RESULTS.md, "int8 decoding").
-        layers = {name for name, module in backbone.model.named_modules()
-                  if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] not in KEEP_FP32}
-        backbone.model = quantize_dynamic(backbone.model, {name: per_channel_dynamic_qconfig for name in layers},
-                                          dtype=torch.qint8, inplace=True)
+    model = backbone.model
+    # A scale per output channel; and the MLP's output projections stay fp32: their inputs carry
+    # the LM's outlier activations, and quantized (one scale per tensor of activations) they
+    # took chat accuracy from 0.90 to 0.29 (bench/RESULTS.md, "int8 decoding").
+    layers = [name for name, module in model.named_modules()
+              if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] not in KEEP_FP32]
+    for name in layers:
+        parent, _, child = name.rpartition(".")
+        old = model.get_submodule(name)
+        old.qconfig = per_channel_dynamic_qconfig
+        with warnings.catch_warnings():  # torch.ao's deprecation notice (the API is what this torch ships)
+            warnings.simplefilter("ignore")
+            setattr(model.get_submodule(parent) if parent else model, child, Int8Linear.from_float(old))
+        _release(old.weight, model)
     backbone.quantization = kind
+
+
+def _release(weight: torch.Tensor, model: nn.Module) -> None:
+    """Give back the resident pages of a replaced fp32 weight that was read from a memory-mapped
+    checkpoint. transformers maps the safetensors file and its tensors are views of that one
+    mapping, so dropping a tensor frees nothing: every page quantization read would stay
+    resident (peak RSS 1.5 GB instead of 0.9; bench/RESULTS.md). ``MADV_DONTNEED`` unmaps them;
+    a page read again would come back from the file. Only whole pages inside the weight, only in
+    a file mapping, and never one a remaining parameter lies on (a tied output head). Linux only."""
+    start, end = weight.data_ptr(), weight.data_ptr() + weight.numel() * weight.element_size()
+    page = mmap.PAGESIZE
+    first, last = -(-start // page) * page, end // page * page
+    if last <= first or not _in_file_mapping(start, end):
+        return
+    for p in model.parameters():
+        if p.data_ptr() < last and first < p.data_ptr() + p.numel() * p.element_size():
+            return
+    _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), MADV_DONTNEED)
+
+
+MADV_DONTNEED = 4
+
+
+def _in_file_mapping(start: int, end: int) -> bool:
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                low, high = (int(x, 16) for x in fields[0].split("-"))
+                if low <= start and end <= high:
+                    return len(fields) == 6 and fields[5].startswith("/")
+    except OSError:  # not Linux
+        pass
+    return False
+
+
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
