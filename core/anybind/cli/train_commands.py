@@ -195,7 +195,10 @@ def train_align_out_command(manifest, model_dir, decoder, steps, batch_size, lr,
 @click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path(), help="Manifest file or world folder.")
 @click.option("--model", "model_dir", default=DEFAULT_CHAT, show_default=True, type=click.Path(file_okay=False),
               help="Chat model directory (after align-in, and align-out if it should draw).")
-@click.option("--steps", type=int, default=InstructSettings.steps, show_default=True)
+@click.option("--steps", type=int, default=InstructSettings.steps, show_default=True,
+              help="Steps for a model that makes one output (or none).")
+@click.option("--several-outputs-scale", type=click.IntRange(1), default=InstructSettings.several_outputs_scale,
+              show_default=True, help="A model that makes several outputs trains this many times the steps and conversations.")
 @click.option("--batch-size", type=int, default=InstructSettings.batch_size, show_default=True)
 @click.option("--lr", type=float, default=InstructSettings.lr, show_default=True)
 @click.option("--rank", type=int, default=InstructSettings.rank, show_default=True, help="LoRA rank.")
@@ -211,14 +214,15 @@ def train_align_out_command(manifest, model_dir, decoder, steps, batch_size, lr,
               help="After the adapters, each output projector trains this many steps on the adapted LM's states (0: not).")
 @click.option("--retrain", is_flag=True, help="Train again even if already trained.")
 @click.option("--seed", type=int, default=InstructSettings.seed, show_default=True)
-def train_instruct_command(manifest, model_dir, steps, batch_size, lr, rank, layers, conversations,
+def train_instruct_command(manifest, model_dir, steps, several_outputs_scale, batch_size, lr, rank, layers, conversations,
                            image_output_lr_scale, train_projectors, refit_steps, retrain, seed):
     """LoRA on the LM, with the projectors, over multi-turn conversations in every modality."""
     from anybind.training.instruct import train_instruct
 
     if image_output_lr_scale < 0:
         raise click.BadParameter("must be >= 0", param_hint="--image-output-lr-scale")
-    settings = InstructSettings(steps=steps, batch_size=batch_size, lr=lr, rank=rank, layers=layers,
+    settings = InstructSettings(steps=steps, several_outputs_scale=several_outputs_scale, batch_size=batch_size, lr=lr,
+                                rank=rank, layers=layers,
                                 conversations=conversations, image_output_lr_scale=image_output_lr_scale,
                                 train_projectors=train_projectors, refit_steps=refit_steps, seed=seed)
     r = train_instruct(manifest, model_dir, settings, retrain=retrain)

@@ -172,9 +172,9 @@ def train_instruct(manifest_path, chat_dir, settings: InstructSettings | None = 
         torch.manual_seed(settings.seed)
         chat = ChatModel.from_pretrained(chat_dir.path, instruct=False)  # start from what align-in/out trained
         chat.backbone.to(stage.accelerator.device)
-        if len(chat.outputs) > 1:  # the counts are per output made: each needs its requests (bench/RESULTS.md)
-            settings = replace(settings, steps=settings.steps * len(chat.outputs),
-                               conversations=settings.conversations * len(chat.outputs))
+        if len(chat.outputs) > 1:  # each output needs its requests, and the follow-ups multiply (bench/RESULTS.md)
+            scale = settings.several_outputs_scale
+            settings = replace(settings, steps=settings.steps * scale, conversations=settings.conversations * scale)
         dialogues, attachments = _dialogues(chat, manifest, settings, settings.progress and stage.is_main)
         record, peft_model = _train(stage, chat, dialogues, attachments, settings)
 
