@@ -197,8 +197,9 @@ def train_align_out_command(manifest, model_dir, decoder, steps, batch_size, lr,
               help="Chat model directory (after align-in, and align-out if it should draw).")
 @click.option("--steps", type=int, default=InstructSettings.steps, show_default=True,
               help="Steps for a model that makes one output (or none).")
-@click.option("--several-outputs-scale", type=click.IntRange(1), default=InstructSettings.several_outputs_scale,
-              show_default=True, help="A model that makes several outputs trains this many times the steps and conversations.")
+@click.option("--several-outputs-scale", type=click.IntRange(0), default=InstructSettings.several_outputs_scale,
+              show_default=True, help="A model that makes several outputs trains this many times the steps and "
+                                      "conversations (0: as many times as it makes outputs).")
 @click.option("--batch-size", type=int, default=InstructSettings.batch_size, show_default=True)
 @click.option("--lr", type=float, default=InstructSettings.lr, show_default=True)
 @click.option("--rank", type=int, default=InstructSettings.rank, show_default=True, help="LoRA rank.")

@@ -39,11 +39,7 @@ ASK = (
     "Is {t} important?", "What is {t}?",
 )
 CHAT = ("What is 2+3?", "Say hello.", "Name a color.", "What is 7 times 8?", "Tell me a joke.", "What is your name?",
-        "Count from one to five.", "How are you today?", "Translate 'thank you' into French.", "What day comes after Monday?",
-        # requests in the imperative that ask for no output, some with an output's verb in them
-        "Give me a tip for sleeping well.", "Suggest a name for a cat.", "List three fruits.", "Make up a short rhyme.",
-        "Show me how to say hi in Spanish.", "Recommend a good book.", "Tell me something kind.",
-        "Help me pick a colour for my room.", "Explain what a noun is.", "Write a short thank-you note.")
+        "Count from one to five.", "How are you today?", "Translate 'thank you' into French.", "What day comes after Monday?")
 
 #: Requests for a sentence about a label and nothing else: answered with the same sentence a
 #: request for "..., then draw it" starts its answer with, and no output, so that only the

@@ -8,13 +8,12 @@
   attachment, "Which digit did you draw?" after the model's own output, "Name it in one word."
   or "Which one was it?";
 * plain chat, answered by the frozen LM's own words (so the adapters keep its manners), half
-  of it after earlier turns about attachments or outputs (whose subject must not leak into the
-  answer), half of it requests in the imperative, some with an output's verb ("Make up a rhyme.");
+  of it after a question about an attachment (whose subject must not leak into the answer);
   or, as often, a request for a sentence about a label alone ("Write one sentence about the
   number four."), answered with the sentence a request to "..., then draw it" starts with, and
   no output: the two differ only in the request's output verb, which is what opens a gate;
 * a question about several attachments at once, answered with each one's label in order;
-* and two in five of them after earlier turns about *other* labels (a question about an
+* and a quarter of them after earlier turns about *other* labels (a question about an
   attachment, or a sentence and an output), sometimes with plain chat between a follow-up and
   the turn it refers to: the answer follows the request, not the conversation's earlier subject.
 
@@ -36,13 +35,11 @@ from anybind.specs import BINDING_MODALITY
 #: An assistant turn whose words are the frozen LM's own, filled in when the LM has answered.
 OWN = "\x00own"
 #: The share of conversations that start with earlier turns about another label: more teaches a
-#: change of subject; 0.5 once cost single-turn drawing (a third of requests not drawn), 0.4 with
-#: three times the conversations did not (bench/RESULTS.md, "instruct: more conversations").
-EARLIER = 0.4
+#: change of subject and costs single-turn drawing (0.5: a third of requests not drawn; bench/RESULTS.md).
+EARLIER = 0.25
 #: The share of kind-1 conversations that ask about several attachments at once (the rest ask
-#: about one): at 0.3 (about 4% of all conversations) several were named 0-0.2 of the time, at
-#: 0.5 0.13-0.2, at 0.75 (9%) 0.27-0.67.
-SEVERAL_SHARE = 0.75
+#: about one): at 0.3 (about 4% of all conversations) several were named 0-0.2 of the time.
+SEVERAL_SHARE = 0.5
 #: The share of the text-only conversations (kind 7) that ask for a sentence about a label (the
 #: rest are plain chat). Without them every request for a sentence about a label was one for an
 #: output too, and "Write one sentence about the number four." was answered with speech.
@@ -150,9 +147,9 @@ def _dialogue(manifest: Manifest, kind: int, label: str, output: str | None, poo
     if rng.random() < WRITE_ONLY_SHARE:  # a sentence about the label, and no output
         ask = rng.choice(WRITE_ONLY).format(**fill)
         return Dialogue([Turn("user", ask)], [("text", about(manifest, label, caption, rng))]), label
-    # plain chat: the frozen LM's own answer, half the time after talk about attachments or outputs
-    # (the answer is the same: earlier talk must not leak into it)
-    history = _earlier(manifest, label, attachments, outputs, rng) if rng.random() < 0.5 else []
+    # plain chat: the frozen LM's own answer, half the time after talk about an attachment (the
+    # answer is the same: earlier talk must not leak into it)
+    history = _asked(manifest, *rng.choice(pool), rng, plain=0) if rng.random() < 0.5 else []
     return Dialogue(history + [_plain(fill, rng)], [("own", "")]), label
 
 
@@ -167,7 +164,7 @@ def _here_is(caption: str, output: str) -> list[tuple]:
 def _plain(fill: dict, rng: random.Random) -> Turn:
     """A text-only request that asks for no output."""
     topic = rng.choice(TOPICS).format(**fill)
-    return Turn("user", rng.choice(CHAT) if rng.random() < 0.5 else rng.choice(ASK).format(t=topic))
+    return Turn("user", rng.choice(CHAT) if rng.random() < 0.3 else rng.choice(ASK).format(t=topic))
 
 
 def _asked(manifest: Manifest, attachment: Attachment, label: str, rng: random.Random, plain: float = 0.5) -> list[Turn]:

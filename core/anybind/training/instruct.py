@@ -172,8 +172,8 @@ def train_instruct(manifest_path, chat_dir, settings: InstructSettings | None = 
         torch.manual_seed(settings.seed)
         chat = ChatModel.from_pretrained(chat_dir.path, instruct=False)  # start from what align-in/out trained
         chat.backbone.to(stage.accelerator.device)
-        if len(chat.outputs) > 1:  # each output needs its requests, and the follow-ups multiply (bench/RESULTS.md)
-            scale = settings.several_outputs_scale
+        if len(chat.outputs) > 1:  # each output needs its requests (bench/RESULTS.md, "speech out")
+            scale = settings.several_outputs_scale or len(chat.outputs)
             settings = replace(settings, steps=settings.steps * scale, conversations=settings.conversations * scale)
         dialogues, attachments = _dialogues(chat, manifest, settings, settings.progress and stage.is_main)
         record, peft_model = _train(stage, chat, dialogues, attachments, settings)

@@ -66,9 +66,10 @@ class AlignOutSettings:
 @dataclass
 class InstructSettings:
     # steps and conversations for a model that makes one output (or none); a model that makes
-    # several trains ``several_outputs_scale`` times as long, on as many times the conversations:
-    # each output needs its own requests, and every kind of follow-up is asked of each (at 2,
-    # "make a picture of that one" drew the right digit 0.37 of the time, at 3 0.48-0.63)
+    # several trains ``several_outputs_scale`` times as long (0: as many times as it makes
+    # outputs), on as many times the conversations (each output needs its own requests; 3 for
+    # two outputs, with more histories, raised the multi-turn figures but left a sixth of requests
+    # to draw undrawn: bench/RESULTS.md, "instruct: more conversations")
     steps: int = 60
     batch_size: int = 8
     lr: float = 1e-3
@@ -77,7 +78,7 @@ class InstructSettings:
     layers: int = 8  # adapters on the LM's last N layers (0: all): backward stops below them
     target_modules: tuple[str, ...] | None = None  # default: peft's choice for the architecture
     conversations: int = 480
-    several_outputs_scale: int = 3
+    several_outputs_scale: int = 0
     per_modality: int = 120  # attachments embedded per modality
     mse_weight: float = 1.0
     # The input projectors (align-in trained them) train on too; frozen, backward stops at the
