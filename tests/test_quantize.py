@@ -36,6 +36,8 @@ def wide_lm(tiny_lm, tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="reads Linux's /proc/self/smaps")
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")  # the reference is torch's own
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor, torch.quantize_per_channel:UserWarning")
 def test_int8_gives_back_the_pages_of_the_weights_it_replaced(wide_lm):
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
