@@ -165,4 +165,3 @@ def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torc
         if bool(is_output.any()):
             embeds = torch.where(is_output[:, None], rows_of_outputs[(token - V).clamp(min=0)].to(embeds.dtype), embeds)
         logits, hidden, past = forward(embeds[:, None], past)
-

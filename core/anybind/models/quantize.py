@@ -45,6 +45,7 @@ def quantize_backbone(backbone, kind: str = "int8") -> None:
     # took chat accuracy from 0.90 to 0.29 (bench/RESULTS.md, "int8 decoding").
     layers = [name for name, module in model.named_modules()
               if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] not in KEEP_FP32]
+    files, libc = _file_mappings(), ctypes.CDLL(None, use_errno=True)  # the checkpoint's mapping lives throughout
     for name in layers:
         parent, _, child = name.rpartition(".")
         old = model.get_submodule(name)
@@ -52,43 +53,42 @@ def quantize_backbone(backbone, kind: str = "int8") -> None:
         with warnings.catch_warnings():  # torch.ao's deprecation notice (the API is what this torch ships)
             warnings.simplefilter("ignore")
             setattr(model.get_submodule(parent) if parent else model, child, Int8Linear.from_float(old))
-        _release(old.weight, model)
+        _release(old.weight, model, files, libc)
     backbone.quantization = kind
-
-
-def _release(weight: torch.Tensor, model: nn.Module) -> None:
-    """Give back the resident pages of a replaced fp32 weight that was read from a memory-mapped
-    checkpoint. transformers maps the safetensors file and its tensors are views of that one
-    mapping, so dropping a tensor frees nothing: every page quantization read would stay
-    resident (peak RSS 1.5 GB instead of 0.9; bench/RESULTS.md). ``MADV_DONTNEED`` unmaps them;
-    a page read again would come back from the file. Only whole pages inside the weight, only in
-    a file mapping, and never one a remaining parameter lies on (a tied output head). Linux only."""
-    start, end = weight.data_ptr(), weight.data_ptr() + weight.numel() * weight.element_size()
-    page = mmap.PAGESIZE
-    first, last = -(-start // page) * page, end // page * page
-    if last <= first or not _in_file_mapping(start, end):
-        return
-    for p in model.parameters():
-        if p.data_ptr() < last and first < p.data_ptr() + p.numel() * p.element_size():
-            return
-    _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), MADV_DONTNEED)
 
 
 MADV_DONTNEED = 4
 
 
-def _in_file_mapping(start: int, end: int) -> bool:
+def _release(weight: torch.Tensor, model: nn.Module, files: list[tuple[int, int]], libc) -> None:
+    """Give back the resident pages of a replaced fp32 weight that was read from a memory-mapped
+    checkpoint. transformers maps the safetensors file and its tensors are views of that one
+    mapping, so dropping a tensor frees nothing: every page quantization read would stay
+    resident (peak RSS 1,474 MiB after quantizing instead of 1,187; bench/RESULTS.md, "int8: one
+    layer at a time"). ``MADV_DONTNEED`` unmaps them; a page read again would come back from the
+    file. Only whole pages inside the weight, only in a file mapping (``files``: address ranges),
+    and never one a remaining parameter lies on (a tied output head). Linux only."""
+    start, end = weight.data_ptr(), weight.data_ptr() + weight.numel() * weight.element_size()
+    page = mmap.PAGESIZE
+    first, last = -(-start // page) * page, end // page * page
+    if last <= first or not any(low <= start and end <= high for low, high in files):
+        return
+    for p in model.parameters():
+        if p.data_ptr() < last and first < p.data_ptr() + p.numel() * p.element_size():
+            return
+    libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), MADV_DONTNEED)
+
+
+def _file_mappings() -> list[tuple[int, int]]:
+    """The address ranges this process maps from files (none off Linux)."""
+    ranges = []
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
                 fields = line.split(maxsplit=5)
-                low, high = (int(x, 16) for x in fields[0].split("-"))
-                if low <= start and end <= high:
-                    return len(fields) == 6 and fields[5].startswith("/")
+                if len(fields) == 6 and fields[5].startswith("/"):
+                    low, high = (int(x, 16) for x in fields[0].split("-"))
+                    ranges.append((low, high))
     except OSError:  # not Linux
         pass
-    return False
-
-
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
+    return ranges

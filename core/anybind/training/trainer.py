@@ -252,13 +252,9 @@ def _show(bar, metrics: MetricsLog, stage: str, name: str, step: int, steps: int
                       **{k: round(v, 5) for k, v in extra.items()}, lr=lr)
 
 
-def _other_configuration(module: nn.Module, progress_dir: Path) -> str:
-    """What makes the mid-stage checkpoint in ``progress_dir`` another configuration's ('' if none
-    or it is this module's): a tensor of another shape, or one this module does not have."""
-    if not progress_step(progress_dir):
-        return ""
-    own = module.state_dict()
-    saved = load_model_dir(progress_dir / "model")[1]
+def _other_configuration(own: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> str:
+    """What makes a mid-stage checkpoint's weights (``saved``) another configuration's than this
+    module's (``own``; '' if none): a tensor of another shape, or one this module does not have."""
     for key, tensor in saved.items():
         if key not in own:
             return f"it has {key}, this run does not"
@@ -271,18 +267,21 @@ def _resume(module: nn.Module, optimizer, rngs: dict[str, random.Random], progre
             part: str) -> int:
     """Load a mid-stage checkpoint if there is one (weights, optimizer, random states); its step, else 0.
     One of a run with other settings (a wider adapter, another model) is not this run's: dropped."""
-    other = _other_configuration(module, progress_dir)
-    if other:
+    start = progress_step(progress_dir)
+    if not start:
+        return 0
+    saved = load_model_dir(progress_dir / "model")[1]
+    other = _other_configuration(module.state_dict(), saved)
+    if other:  # every process reads the same files, so all take this branch together
         say(accelerator, f"{part}: the progress saved in {progress_dir} is of another configuration ({other}); "
                          "starting over")
         if accelerator.is_main_process:
             shutil.rmtree(progress_dir, ignore_errors=True)
         accelerator.wait_for_everyone()
-    start = progress_step(progress_dir)
-    if start:
-        module.load_state_dict(load_model_dir(progress_dir / "model")[1], strict=False)
-        load_optimizer(optimizer, progress_dir)
-        load_random_state(progress_dir, rngs)
+        return 0
+    module.load_state_dict(saved, strict=False)
+    load_optimizer(optimizer, progress_dir)
+    load_random_state(progress_dir, rngs)
     return start
 
 
