@@ -230,17 +230,21 @@ def test_bad_backbones_and_attachments_fail_clearly(tmp_path, world, bound, chat
 def test_int8_decoding_loads_decodes_and_answers_like_fp32(chat_dir, world):
     from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
 
+    from anybind.models.quantize import Int8Embedding
+
     fp32, int8 = ChatModel.from_pretrained(chat_dir), ChatModel.from_pretrained(chat_dir, quantize="int8")
     assert int8.backbone.quantization == "int8" and fp32.backbone.quantization is None
     layers = [m for m in int8.backbone.model.modules() if isinstance(m, Int8Linear)]
     assert len(layers) == 2 * 6 + 1  # q, k, v, o, gate, up in each of 2 layers (down stays fp32), and the head
+    assert isinstance(int8.backbone.model.get_input_embeddings(), Int8Embedding) and int8.backbone.dtype == torch.float32
     audio = read_manifest(world).select("test", has=("audio",))[0]["audio"]
     logits = []
     for model in (fp32, int8):
         encoded = encode(model.backbone.tokenizer, model.conversation("Which digit is spoken here?", [audio]), 4)
         embeds, mask = input_embeddings(model.backbone, [encoded], [model.soft_tokens_for(encoded)], pad_left=True)
         logits.append(model.backbone.model(inputs_embeds=embeds, attention_mask=mask).logits[0, -1])
-    assert torch.nn.functional.cosine_similarity(logits[0], logits[1], dim=0) > 0.99
+    # 0.989 here: the tiny LM's random rows lose more to int8 embeddings than SmolLM2's (bench/RESULTS.md)
+    assert torch.nn.functional.cosine_similarity(logits[0], logits[1], dim=0) > 0.98
     assert logits[0].argmax() == logits[1].argmax()
     events = list(int8.generate("Which digit is spoken here?", attachments=[audio], max_new_tokens=8))
     assert events[-1].type == "done" and events[-1].tokens > 0

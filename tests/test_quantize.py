@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from anybind.models.backbone import Backbone, load_hf_causal_lm
-from anybind.models.quantize import KEEP_FP32, quantize_backbone
+from anybind.models.quantize import KEEP_FP32, Int8Embedding, quantize_backbone
 
 
 def _resident_kib(path: Path) -> int:
@@ -42,11 +42,12 @@ def test_int8_gives_back_the_pages_of_the_weights_it_replaced(wide_lm):
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     model, tokenizer = load_hf_causal_lm(str(wide_lm))
-    with torch.no_grad():  # a change to a weight that stays fp32 (the embedding, tied to the quantized head)
+    with torch.no_grad():  # a change to the embedding: tied to the head, it is read again after the head is quantized
         model.get_input_embeddings().weight[:, 0] += 1.0
     reference = copy.deepcopy(model)  # quantized in one call, as torch does it
     layers = {n for n, m in reference.named_modules() if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] not in KEEP_FP32}
     reference = quantize_dynamic(reference, {n: per_channel_dynamic_qconfig for n in layers}, dtype=torch.qint8)
+    reference.set_input_embeddings(Int8Embedding.from_float(reference.get_input_embeddings()))
     for p in model.parameters():  # every page of the checkpoint resident, as quantizing reads them all
         float(p.detach().sum())
     checkpoint = wide_lm / "model.safetensors"
@@ -63,4 +64,5 @@ def test_int8_gives_back_the_pages_of_the_weights_it_replaced(wide_lm):
     ids = torch.tensor([[2, 50, 120, 7, 300, 11]])
     with torch.inference_mode():
         assert torch.equal(backbone.model(input_ids=ids).logits, reference(input_ids=ids).logits)
-    assert torch.equal(backbone.model.get_input_embeddings().weight, reference.get_input_embeddings().weight)
+    ours, theirs = backbone.model.get_input_embeddings(), reference.get_input_embeddings()
+    assert torch.equal(ours.weight, theirs.weight) and torch.equal(ours.scale, theirs.scale)

@@ -67,7 +67,8 @@ class Backbone:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
+        """The dtype the LM computes in (its first floating-point parameter's: int8 embeddings included)."""
+        return self.model.dtype
 
     @property
     def max_context(self) -> int:

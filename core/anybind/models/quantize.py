@@ -2,12 +2,13 @@
 
 Decoding one token at a time is bound by reading the weights from memory: SmolLM2-135M's fp32
 weights are 540 MB, which caps fp32 decode near 20 tokens/s on a 2-core machine. Dynamic int8
-quantization (``torch.ao.quantization.quantize_dynamic``) stores the LM's ``nn.Linear`` layers (the output head
-included, the MLP output projections not) as int8 with a scale per output channel and runs fused int8 matmuls (FBGEMM),
-a quarter of the bytes; each layer's input is quantized on the fly (one scale per tensor), and the
-input embeddings are untouched, so soft tokens and generative tokens are written into the
-sequence as before. Opt-in (``--int8``): it is 1.4-1.6x faster than fp32 here, but chat accuracy
-moved by up to 0.03 (bench/RESULTS.md, "int8 decoding"). For inference only:
+quantization (``torch.ao.quantization.quantize_dynamic``) stores the LM's ``nn.Linear`` layers
+(the output head included, the MLP output projections not) as int8 with a scale per output
+channel and runs fused int8 matmuls (FBGEMM), a quarter of the bytes; each layer's input is
+quantized on the fly (one scale per tensor). The input embeddings are int8 too, a scale per row
+(:class:`Int8Embedding`), looked up in fp32, so soft tokens and generative tokens are written
+into the sequence as before. Opt-in (``--int8``): it is 1.4-1.6x faster than fp32 here, but
+chat accuracy moved by up to 0.03 (bench/RESULTS.md, "int8 decoding"). For inference only:
 training always sees the fp32 backbone. ``bench/chat_speed.py`` measures speed and memory,
 ``bench/RESULTS.md`` the accuracy against fp32.
 """
@@ -19,6 +20,7 @@ import mmap
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from anybind.errors import CheckpointError
@@ -54,7 +56,38 @@ def quantize_backbone(backbone, kind: str = "int8") -> None:
             warnings.simplefilter("ignore")
             setattr(model.get_submodule(parent) if parent else model, child, Int8Linear.from_float(old))
         _release(old.weight, model, files, libc)
+    embeddings = model.get_input_embeddings()
+    if isinstance(embeddings, nn.Embedding):  # after the head: a tied head read it to quantize
+        model.set_input_embeddings(Int8Embedding.from_float(embeddings))
+        _release(embeddings.weight, model, files, libc)
     backbone.quantization = kind
+
+
+class Int8Embedding(nn.Module):
+    """An embedding table stored as int8 with a scale per row, looked up in fp32 (a quarter of
+    the memory: SmolLM2's 49,152 x 576 table is 113 MB in fp32)."""
+
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, padding_idx: int | None = None):
+        super().__init__()
+        self.register_buffer("weight", weight)  # (V, H) int8
+        self.register_buffer("scale", scale)  # (V,) fp32
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.padding_idx = padding_idx
+
+    @classmethod
+    def from_float(cls, embedding: nn.Embedding, rows: int = 4096) -> "Int8Embedding":
+        """Quantize ``rows`` rows at a time, so no fp32 copy of the whole table is ever made."""
+        table = embedding.weight.detach()
+        weight = torch.empty(table.shape, dtype=torch.int8)
+        scale = torch.empty(table.shape[0], dtype=torch.float32)
+        for start in range(0, table.shape[0], rows):
+            chunk = table[start:start + rows].float()
+            scale[start:start + rows] = chunk.abs().amax(dim=1).clamp(min=1e-12) / 127
+            weight[start:start + rows] = (chunk / scale[start:start + rows, None]).round_().clamp_(-127, 127).to(torch.int8)
+        return cls(weight, scale, embedding.padding_idx)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight).float() * self.scale[ids].unsqueeze(-1)
 
 
 MADV_DONTNEED = 4
