@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from anybind.models.backbone import Backbone, load_hf_causal_lm
-from anybind.models.quantize import KEEP_FP32, Int8Embedding, quantize_backbone
+from anybind.models.quantize import KEEP_FP32, Int8Embedding, RowScaled, quantize_backbone
 
 
 def _resident_kib(path: Path) -> int:
@@ -48,6 +48,9 @@ def test_int8_gives_back_the_pages_of_the_weights_it_replaced(wide_lm):
     layers = {n for n, m in reference.named_modules() if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] not in KEEP_FP32}
     reference = quantize_dynamic(reference, {n: per_channel_dynamic_qconfig for n in layers}, dtype=torch.qint8)
     reference.set_input_embeddings(Int8Embedding.from_float(reference.get_input_embeddings()))
+    for name in layers:
+        parent, _, child = name.rpartition(".")
+        setattr(reference.get_submodule(parent), child, RowScaled(reference.get_submodule(name)))
     for p in model.parameters():  # every page of the checkpoint resident, as quantizing reads them all
         float(p.detach().sum())
     checkpoint = wide_lm / "model.safetensors"
@@ -66,3 +69,26 @@ def test_int8_gives_back_the_pages_of_the_weights_it_replaced(wide_lm):
         assert torch.equal(backbone.model(input_ids=ids).logits, reference(input_ids=ids).logits)
     ours, theirs = backbone.model.get_input_embeddings(), reference.get_input_embeddings()
     assert torch.equal(ours.weight, theirs.weight) and torch.equal(ours.scale, theirs.scale)
+
+
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor, torch.quantize_per_channel:UserWarning")
+def test_each_token_is_quantized_on_its_own_scale_not_the_loudest_ones():
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    linear.qconfig = per_channel_dynamic_qconfig
+    layer = Int8Linear.from_float(linear)
+    x = torch.randn(5, 64)
+    x[0] *= 1000  # one token with the attention sink's activations, as in a prompt
+
+    def error(y):  # of each ordinary token, relative to its fp32 output
+        exact = linear(x).detach()
+        return ((y - exact).norm(dim=-1) / exact.norm(dim=-1))[1:].max().item()
+
+    with torch.inference_mode():
+        assert error(layer(x)) > 0.3  # one scale for the prompt: the loud token sets it, the rest are crushed
+        assert error(RowScaled(layer)(x)) < 0.05
+        assert torch.equal(RowScaled(layer)(x[1:2]), layer(x[1:2]))  # one token (decoding): the layer as it is
