@@ -180,7 +180,8 @@ def _print_generate(results: dict) -> None:
 @click.option("--model", "model_dir", default=DEFAULT_CHAT, show_default=True, type=click.Path())
 @click.option("--manifest", default=DEFAULT_WORLD, show_default=True, type=click.Path(),
               help="Where the held-out attachments come from (and the judge's real training files).")
-@click.option("-n", "conversations", type=click.IntRange(3), default=30, show_default=True)
+@click.option("-n", "conversations", type=click.IntRange(3), default=None,
+              help="Conversations to score [default: as many as the quickstart scores, 90].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def eval_conversations_command(model_dir, manifest, conversations, seed, as_json):
@@ -192,8 +193,8 @@ def eval_conversations_command(model_dir, manifest, conversations, seed, as_json
     from anybind.eval import evaluate_conversations, output_judge
 
     model, world = anybind.load(model_dir), read_manifest(manifest)
-    results = evaluate_conversations(model, world, conversations=conversations, seed=seed,
-                                     judge=output_judge(model, world))
+    chosen = {"conversations": conversations} if conversations else {}
+    results = evaluate_conversations(model, world, seed=seed, judge=output_judge(model, world), **chosen)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return

@@ -67,7 +67,8 @@ class Backbone:
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype the LM computes in (its first floating-point parameter's: int8 embeddings included)."""
+        """The dtype the LM computes in: its first floating-point parameter's (int8 embeddings are
+        buffers, and are looked up in fp32)."""
         return self.model.dtype
 
     @property

@@ -248,9 +248,7 @@ def evaluate(q) -> tuple:
         "together": evaluate_together(world, chat, judges=judges, progress=q.progress) if len(chat.outputs) > 1 else {},
         "words_only": evaluate_words_only(world, chat) if chat.outputs else {},
         "ood": {"bind": evaluate_bind(bound, ood), "chat": evaluate_chat(chat, ood, progress=q.progress)},
-        # 90 conversations (110 s): at 30 a behaviour moved by 0.1-0.3 between retrains of instruct
-        "conversations": evaluate_conversations(chat, world, conversations=90, judge=judges.get(main),
-                                                progress=q.progress),
+        "conversations": evaluate_conversations(chat, world, judge=judges.get(main), progress=q.progress),
     }
     return True, ""
 
