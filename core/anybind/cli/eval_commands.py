@@ -191,10 +191,11 @@ def eval_conversations_command(model_dir, manifest, conversations, seed, as_json
     import anybind
     from anybind.data import read_manifest
     from anybind.eval import evaluate_conversations, output_judge
+    from anybind.eval.conversations import CONVERSATIONS
 
     model, world = anybind.load(model_dir), read_manifest(manifest)
-    chosen = {"conversations": conversations} if conversations else {}
-    results = evaluate_conversations(model, world, seed=seed, judge=output_judge(model, world), **chosen)
+    results = evaluate_conversations(model, world, conversations=conversations or CONVERSATIONS, seed=seed,
+                                     judge=output_judge(model, world))
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
