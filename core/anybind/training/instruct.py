@@ -55,8 +55,18 @@ def _lora_config(model, settings: InstructSettings):
     layers = int(model.config.num_hidden_layers)
     chosen = list(range(max(0, layers - settings.layers), layers)) if settings.layers else None
     return LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=0.0, bias="none",
-                      target_modules=list(settings.target_modules) if settings.target_modules else None,
+                      target_modules=_targets(model, settings.target_modules),
                       layers_to_transform=chosen, task_type="CAUSAL_LM")
+
+
+def _targets(model, modules: tuple[str, ...] | str | None) -> list[str] | None:
+    """peft's ``target_modules``: "all-linear" as the names of every linear layer but the output
+    head (peft's own "all-linear" cannot be limited to the last layers), others as given."""
+    if modules != "all-linear":
+        return list(modules) if modules else None
+    head = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, nn.Linear) and module is not head})
 
 
 class _Tuner(nn.Module):

@@ -76,7 +76,10 @@ class InstructSettings:
     rank: int = 8  # LoRA rank
     alpha: int = 16
     layers: int = 8  # adapters on the LM's last N layers (0: all): backward stops below them
-    target_modules: tuple[str, ...] | None = None  # default: peft's choice for the architecture
+    # every linear layer of those blocks (peft's "all-linear": attention and MLP, not the head);
+    # None: peft's choice for the architecture (Llama: q and v only, which left the 120 steps
+    # too little room to learn several attachments and follow-ups; bench/RESULTS.md)
+    target_modules: tuple[str, ...] | str | None = "all-linear"
     conversations: int = 480
     several_outputs_scale: int = 0
     per_modality: int = 120  # attachments embedded per modality
