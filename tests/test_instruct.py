@@ -106,6 +106,10 @@ def test_dialogues_change_subject_and_ask_about_several_attachments(small_world)
     # Plain chat after talk about an attachment is answered in the LM's own words, as without it.
     plain_after = [d for d in dialogues if d.answer == [("own", "")] and any(t.attachments for t in d.turns)]
     assert plain_after and all(not d.turns[-1].attachments for d in plain_after)
+    # ...and after an answer that made an output (an attachment on an assistant turn)
+    assert any(t.role == "assistant" and t.attachments for d in plain_after for t in d.turns)
+    # Several attachments are answered in one plural sentence, each label in order.
+    assert all(d.answer[0][1].startswith(f"They are the {manifest.kind}s ") for d in several)
 
 
 def test_every_kind_of_request_asks_for_every_label(small_world):
@@ -171,6 +175,11 @@ def test_instruct_trains_adapters_and_leaves_earlier_stages_untouched(instructed
     assert (chat / "instruct" / "adapter" / "adapter_config.json").is_file()
     assert (chat / "instruct" / "adapter" / "adapter_model.safetensors").is_file()
     assert (chat / "instruct" / "image_output" / "model.safetensors").is_file()
+    from safetensors.torch import load_file
+
+    # adapters on every linear layer of the adapted blocks, attention and MLP alike
+    adapted = load_file(str(chat / "instruct" / "adapter" / "adapter_model.safetensors")).keys()
+    assert {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in adapted} >= {"q_proj", "v_proj", "o_proj", "down_proj"}
     assert json.loads((chat / "config.json").read_text())["instruct"] == "instruct"
     assert _digest(chat) == before  # align-in and align-out weights as they were
     steps = [json.loads(l) for l in (chat / "metrics.jsonl").read_text().splitlines()
@@ -182,8 +191,6 @@ def test_instruct_trains_adapters_and_leaves_earlier_stages_untouched(instructed
     assert steps[-1]["mse"] < 1.5 * steps[0]["mse"]
     record = json.loads((chat / "instruct" / "training.json").read_text())
     assert record["refit_image_mse_after"] < record["refit_image_mse_before"]
-    from safetensors.torch import load_file
-
     aligned = load_file(str(chat / "image_output" / "model.safetensors"))
     tuned = load_file(str(chat / "instruct" / "image_output" / "model.safetensors"))
     assert aligned.keys() == tuned.keys()

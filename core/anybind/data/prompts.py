@@ -39,7 +39,38 @@ ASK = (
     "Is {t} important?", "What is {t}?",
 )
 CHAT = ("What is 2+3?", "Say hello.", "Name a color.", "What is 7 times 8?", "Tell me a joke.", "What is your name?",
-        "Count from one to five.", "How are you today?", "Translate 'thank you' into French.", "What day comes after Monday?")
+        "Count from one to five.", "How are you today?", "Translate 'thank you' into French.", "What day comes after Monday?",
+        # ...and everyday requests of many shapes (imperatives, yes/no questions, "in one sentence",
+        # "name a ..."), none with an output's verb or a small number in its answer: with only the
+        # ten above, an unfamiliar plain question was answered with a label ("Name a fruit that is
+        # yellow." -> "Here is a handwritten seven.")
+        "Name an animal that can fly.", "Name a vegetable that is green.", "Name a country in Europe.",
+        "Name a musical instrument with strings.", "Name a bird that cannot fly.", "Name a planet.",
+        "Name a tool a carpenter uses.", "Name a sport played with a ball.", "Name a flower that smells sweet.",
+        "What is the capital of Italy?", "What is the largest ocean?", "What do cows drink?",
+        "What is the opposite of up?", "What is the opposite of early?", "What colour are bananas when they are ripe?",
+        "What do you call a baby cat?", "What do plants need to grow?", "What is ice made of?",
+        "Where does the sun rise?", "Who wrote Romeo and Juliet?", "What language is spoken in Brazil?",
+        "Is the moon a planet?", "Is a tomato a fruit?", "Can penguins swim?", "Do fish sleep?",
+        "Is it cold at the North Pole?", "Are whales mammals?", "Is glass a liquid?",
+        "Welcome me to the class in one sentence.", "Wish me a good morning.", "Thank me for my help in one sentence.",
+        "Give me a word that rhymes with cat.", "Give me a synonym for happy.", "Give me an antonym of fast.",
+        "Suggest a name for a puppy.", "Suggest something to cook for dinner.", "Recommend a hobby for a rainy day.",
+        "Describe the weather in spring in one sentence.", "Describe a forest in a few words.",
+        "Explain why the sky gets dark at night.", "Explain what a verb is.", "Explain how a rainbow forms.",
+        "Tell me something kind.", "Tell me a riddle.", "Tell me a short story about a fox.",
+        "Compliment my cooking in one sentence.", "Cheer me up, please.", "Motivate me to go for a run.",
+        "Write a haiku about autumn.", "Write a short poem about the rain.", "Write a slogan for a bakery.",
+        "Summarize the story of Cinderella in one sentence.", "Spell the word apple.", "Define the word brave.",
+        "How do I boil an egg?", "How do birds find their way south?", "How does a compass work?",
+        "Why do leaves change colour?", "Why is the ocean salty?", "Why do cats purr?",
+        "Which is heavier, a kilogram of feathers or a kilogram of stone?", "Which season comes after summer?",
+        "Who was Albert Einstein?", "When do people usually eat breakfast?", "What rhymes with moon?",
+        "List some fruits that are red.", "List some things you find in a kitchen.", "List a few farm animals.",
+        "Good evening! How is it going?", "Hi there!", "Thanks a lot!", "What should I wear on a rainy day?",
+        "Convert this sentence to the past tense: I walk to school.", "Correct this: she go to the market.",
+        "Finish this sentence: The early bird...", "Reply politely to an invitation to a party.",
+        "Translate 'good night' into Spanish.", "What does the word 'enormous' mean?", "Is coffee hot or cold?")
 
 #: Requests for a sentence about a label and nothing else: answered with the same sentence a
 #: request for "..., then draw it" starts its answer with, and no output, so that only the

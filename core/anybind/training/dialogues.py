@@ -39,7 +39,7 @@ OWN = "\x00own"
 EARLIER = 0.25
 #: The share of kind-1 conversations that ask about several attachments at once (the rest ask
 #: about one): at 0.3 (about 4% of all conversations) several were named 0-0.2 of the time.
-SEVERAL_SHARE = 0.5
+SEVERAL_SHARE = 0.75
 #: The share of the text-only conversations (kind 7) that ask for a sentence about a label (the
 #: rest are plain chat). Without them every request for a sentence about a label was one for an
 #: output too, and "Write one sentence about the number four." was answered with speech.
@@ -63,6 +63,14 @@ def about(manifest: Manifest, label: str, caption: str, rng: random.Random) -> s
     if not facts:
         return f"{label[:1].upper() + label[1:]}: here is {caption}."
     return rng.choice(facts)
+
+
+def several_answer(manifest: Manifest, labels: list[str]) -> str:
+    """The answer to a question about several attachments: each label, in order, in a plural
+    sentence ("They are the digits three and five."). Answered with the bare labels ("Three and
+    five."), the single attachment's "It is the digit five." (naming the last) won 2 times in 3."""
+    names = ", ".join(labels[:-1]) + f" and {labels[-1]}"
+    return f"They are the {manifest.kind}s {names}." if manifest.kind else sentence(names)
 
 
 def every_output(manifest: Manifest, outputs: dict[str, OutputPrompts], label: str, rng: random.Random) -> Dialogue:
@@ -117,7 +125,7 @@ def _dialogue(manifest: Manifest, kind: int, label: str, output: str | None, poo
         names = [l for _, l in several]
         kind_of = manifest.kind or "one"
         ask = rng.choice(SEVERAL).format(kind=kind_of)
-        answer = sentence(", ".join(names[:-1]) + f" and {names[-1]}")
+        answer = several_answer(manifest, names)
         return Dialogue([Turn("user", ask, [a for a, _ in several])], [("text", answer)]), names[-1]
     if kind in (2, 3, 4, 5) and outputs and output is None:  # a sentence, then every output
         return every_output(manifest, outputs, label, rng), label
@@ -147,9 +155,15 @@ def _dialogue(manifest: Manifest, kind: int, label: str, output: str | None, poo
     if rng.random() < WRITE_ONLY_SHARE:  # a sentence about the label, and no output
         ask = rng.choice(WRITE_ONLY).format(**fill)
         return Dialogue([Turn("user", ask)], [("text", about(manifest, label, caption, rng))]), label
-    # plain chat: the frozen LM's own answer, half the time after talk about an attachment (the
-    # answer is the same: earlier talk must not leak into it)
-    history = _asked(manifest, *rng.choice(pool), rng, plain=0) if rng.random() < 0.5 else []
+    # plain chat: the frozen LM's own answer, a quarter of the time after talk about an
+    # attachment and a quarter after an answer that made an output (the answer is the same:
+    # earlier talk must not leak into it; after a drawing alone, "Greet me in one sentence."
+    # was answered "Here is a handwritten seven." and drawn)
+    history, after = [], rng.random()
+    if after < 0.25:
+        history = _asked(manifest, *rng.choice(pool), rng, plain=0)
+    elif after < 0.5:
+        history = _made_before(manifest, label, attachments, outputs, rng) or []
     return Dialogue(history + [_plain(fill, rng)], [("own", "")]), label
 
 
@@ -164,7 +178,10 @@ def _here_is(caption: str, output: str) -> list[tuple]:
 def _plain(fill: dict, rng: random.Random) -> Turn:
     """A text-only request that asks for no output."""
     topic = rng.choice(TOPICS).format(**fill)
-    return Turn("user", rng.choice(CHAT) if rng.random() < 0.3 else rng.choice(ASK).format(t=topic))
+    ask = rng.choice(CHAT) if rng.random() < 0.5 else rng.choice(ASK).format(t=topic)
+    # "Write one sentence about {t}." about the label itself is a request for a sentence alone
+    # (WRITE_ONLY), which has its own answer: never both answers to one request
+    return Turn("user", rng.choice(CHAT) if ask in {w.format(**fill) for w in WRITE_ONLY} else ask)
 
 
 def _asked(manifest: Manifest, attachment: Attachment, label: str, rng: random.Random, plain: float = 0.5) -> list[Turn]:
@@ -183,16 +200,29 @@ def _earlier(manifest: Manifest, label: str, attachments, outputs: dict[str, Out
     turns: list[Turn] = []
     for _ in range(rng.choice((1, 1, 2))):
         modality = rng.choice(sorted(attachments))
-        others = [p for p in attachments[modality] if p[1] != label] or attachments[modality]
-        attachment, other = rng.choice(others)
-        made = [m for m in outputs if m == modality and outputs[m].write_and]
-        if made and rng.random() < 0.5:
-            fill = manifest.fill(other, manifest.caption(modality, other))
-            turns += [Turn("user", rng.choice(outputs[modality].write_and).format(**fill)),
-                      Turn("assistant", about(manifest, other, manifest.caption(modality, other), rng), [attachment])]
+        made = _made_before(manifest, label, attachments, outputs, rng, modality) if rng.random() < 0.5 else None
+        if made:
+            turns += made
         else:
+            others = [p for p in attachments[modality] if p[1] != label] or attachments[modality]
+            attachment, other = rng.choice(others)
             turns += [Turn("user", manifest.ask(rng), [attachment]), Turn("assistant", manifest.answer_for(other))]
     return turns
+
+
+def _made_before(manifest: Manifest, label: str, attachments, outputs: dict[str, OutputPrompts], rng: random.Random,
+                 modality: str | None = None) -> list[Turn] | None:
+    """An earlier request for a sentence and an output about a label other than ``label``, and its
+    answer (an attachment of ``modality``, default any output's, standing in for what the model
+    made); None if the model makes no output of that modality."""
+    made = [m for m in sorted(outputs) if m in attachments and outputs[m].write_and and modality in (None, m)]
+    if not made:
+        return None
+    modality = rng.choice(made)
+    attachment, other = rng.choice([p for p in attachments[modality] if p[1] != label] or attachments[modality])
+    caption = manifest.caption(modality, other)
+    return [Turn("user", rng.choice(outputs[modality].write_and).format(**manifest.fill(other, caption))),
+            Turn("assistant", about(manifest, other, caption, rng), [attachment])]
 
 
 def encode_dialogue(tokenizer, dialogue: Dialogue, soft_tokens: int, vocab, end_id: int) -> None:
