@@ -38,7 +38,8 @@ OWN = "\x00own"
 #: change of subject and costs single-turn drawing (0.5: a third of requests not drawn; bench/RESULTS.md).
 EARLIER = 0.25
 #: The share of kind-1 conversations that ask about several attachments at once (the rest ask
-#: about one): at 0.3 (about 4% of all conversations) several were named 0-0.2 of the time.
+#: about one): about 7% of all conversations; at 4%, several were named 0-0.2 of the time
+#: (bench/RESULTS.md, "instruct: adapters on every linear layer").
 SEVERAL_SHARE = 0.75
 #: The share of the text-only conversations (kind 7) that ask for a sentence about a label (the
 #: rest are plain chat). Without them every request for a sentence about a label was one for an
@@ -155,15 +156,10 @@ def _dialogue(manifest: Manifest, kind: int, label: str, output: str | None, poo
     if rng.random() < WRITE_ONLY_SHARE:  # a sentence about the label, and no output
         ask = rng.choice(WRITE_ONLY).format(**fill)
         return Dialogue([Turn("user", ask)], [("text", about(manifest, label, caption, rng))]), label
-    # plain chat: the frozen LM's own answer, a quarter of the time after talk about an
-    # attachment and a quarter after an answer that made an output (the answer is the same:
-    # earlier talk must not leak into it; after a drawing alone, "Greet me in one sentence."
-    # was answered "Here is a handwritten seven." and drawn)
-    history, after = [], rng.random()
-    if after < 0.25:
-        history = _asked(manifest, *rng.choice(pool), rng, plain=0)
-    elif after < 0.5:
-        history = _made_before(manifest, label, attachments, outputs, rng) or []
+    # plain chat: the frozen LM's own answer, half the time after talk about an attachment (the
+    # answer is the same: earlier talk must not leak into it). Not after an answer that made an
+    # output: that taught the gate to stay shut after a drawing (bench/RESULTS.md).
+    history = _asked(manifest, *rng.choice(pool), rng, plain=0) if rng.random() < 0.5 else []
     return Dialogue(history + [_plain(fill, rng)], [("own", "")]), label
 
 
@@ -200,29 +196,16 @@ def _earlier(manifest: Manifest, label: str, attachments, outputs: dict[str, Out
     turns: list[Turn] = []
     for _ in range(rng.choice((1, 1, 2))):
         modality = rng.choice(sorted(attachments))
-        made = _made_before(manifest, label, attachments, outputs, rng, modality) if rng.random() < 0.5 else None
-        if made:
-            turns += made
+        others = [p for p in attachments[modality] if p[1] != label] or attachments[modality]
+        attachment, other = rng.choice(others)
+        made = [m for m in outputs if m == modality and outputs[m].write_and]
+        if made and rng.random() < 0.5:
+            fill = manifest.fill(other, manifest.caption(modality, other))
+            turns += [Turn("user", rng.choice(outputs[modality].write_and).format(**fill)),
+                      Turn("assistant", about(manifest, other, manifest.caption(modality, other), rng), [attachment])]
         else:
-            others = [p for p in attachments[modality] if p[1] != label] or attachments[modality]
-            attachment, other = rng.choice(others)
             turns += [Turn("user", manifest.ask(rng), [attachment]), Turn("assistant", manifest.answer_for(other))]
     return turns
-
-
-def _made_before(manifest: Manifest, label: str, attachments, outputs: dict[str, OutputPrompts], rng: random.Random,
-                 modality: str | None = None) -> list[Turn] | None:
-    """An earlier request for a sentence and an output about a label other than ``label``, and its
-    answer (an attachment of ``modality``, default any output's, standing in for what the model
-    made); None if the model makes no output of that modality."""
-    made = [m for m in sorted(outputs) if m in attachments and outputs[m].write_and and modality in (None, m)]
-    if not made:
-        return None
-    modality = rng.choice(made)
-    attachment, other = rng.choice([p for p in attachments[modality] if p[1] != label] or attachments[modality])
-    caption = manifest.caption(modality, other)
-    return [Turn("user", rng.choice(outputs[modality].write_and).format(**manifest.fill(other, caption))),
-            Turn("assistant", about(manifest, other, caption, rng), [attachment])]
 
 
 def encode_dialogue(tokenizer, dialogue: Dialogue, soft_tokens: int, vocab, end_id: int) -> None:
