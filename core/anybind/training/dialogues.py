@@ -38,7 +38,7 @@ OWN = "\x00own"
 #: change of subject and costs single-turn drawing (0.5: a third of requests not drawn; bench/RESULTS.md).
 EARLIER = 0.25
 #: The share of kind-1 conversations that ask about several attachments at once (the rest ask
-#: about one): about 7% of all conversations; at 4%, several were named 0-0.2 of the time
+#: about one): about 9% of all conversations; at 4%, several were named 0-0.2 of the time
 #: (bench/RESULTS.md, "instruct: adapters on every linear layer").
 SEVERAL_SHARE = 0.75
 #: The share of the text-only conversations (kind 7) that ask for a sentence about a label (the
