@@ -59,9 +59,12 @@ def _lora_config(model, settings: InstructSettings):
                       layers_to_transform=chosen, task_type="CAUSAL_LM")
 
 
-def _targets(model, modules: tuple[str, ...] | str | None) -> list[str] | None:
+def _targets(model, modules: tuple[str, ...] | str | None) -> list[str] | str | None:
     """peft's ``target_modules``: "all-linear" as the names of every linear layer but the output
-    head (peft's own "all-linear" cannot be limited to the last layers), others as given."""
+    head (peft's own "all-linear" cannot be limited to the last layers), others as given (a
+    string is peft's pattern, never split into letters)."""
+    if isinstance(modules, str) and modules != "all-linear":
+        return modules
     if modules != "all-linear":
         return list(modules) if modules else None
     head = model.get_output_embeddings()
