@@ -1,8 +1,8 @@
 """Stage ``instruct``: LoRA on the LM, with the projectors, over templated conversations.
 
 align-in and align-out taught a *frozen* LM to read the shared space and to ask for outputs.
-This stage lets the LM itself adapt, a little: low-rank adapters (peft LoRA) on the
-attention of its last layers train together with the input projectors and each output's
+This stage lets the LM itself adapt, a little: low-rank adapters (peft LoRA) on every linear
+layer of its blocks (all of them by default) train together with the input projectors and each output's
 ``[TOK0]`` gate, on the multi-turn conversations of :mod:`anybind.training.dialogues`.
 
 Loss: cross-entropy over the extended vocabulary on the final answer (each output's

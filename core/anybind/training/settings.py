@@ -72,10 +72,15 @@ class InstructSettings:
     # to draw undrawn: bench/RESULTS.md, "instruct: more conversations")
     steps: int = 60
     batch_size: int = 8
-    lr: float = 1e-3
+    # Adapters on every layer (0; N: the last N): the input projectors train too, so backward
+    # runs through the whole LM anyway, and only the adapters' own gradients are added (+17% step
+    # time). On the last 8 alone, a follow-up after plain chat named the wrong label (0.55-0.67
+    # made right) and the order the outputs were asked in was not read; at 1e-3 on every layer,
+    # wordings seen in training took over ("Can you show me a two?" was spoken); bench/RESULTS.md
+    lr: float = 5e-4
     rank: int = 8  # LoRA rank
     alpha: int = 16
-    layers: int = 8  # adapters on the LM's last N layers (0: all): backward stops below them
+    layers: int = 0  # adapters on the LM's last N layers (0: all)
     # every linear layer of those blocks (peft's "all-linear": attention and MLP, not the head);
     # None: peft's choice for the architecture (Llama: q and v only, which left the 120 steps
     # too little room to learn several attachments and follow-ups; bench/RESULTS.md)
