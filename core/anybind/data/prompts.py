@@ -38,8 +38,8 @@ ASK = (
     "Give me a fun fact about {t}.", "Why is {t} interesting?", "Write a haiku about {t}.", "Describe {t} in a few words.",
     "Is {t} important?", "What is {t}?",
 )
-CHAT = ("What is 2+3?", "Say hello.", "Name a color.", "What is 7 times 8?", "Tell me a joke.", "What is your name?",
-        "Count from one to five.", "How are you today?", "Translate 'thank you' into French.", "What day comes after Monday?",
+CHAT = ("What is 2+3?", "Give me a friendly greeting.", "Name a color.", "What is 7 times 8?", "Tell me a joke.",
+        "What is your name?", "Count from one to five.", "How are you today?", "Translate 'thank you' into French.", "What day comes after Monday?",
         # ...and everyday requests of many shapes (imperatives, yes/no questions, "in one sentence",
         # "name a ..."), none with an output's verb or a small number in its answer: with only the
         # ten above, an unfamiliar plain question was answered with a label ("Name a fruit that is
@@ -79,8 +79,9 @@ CHAT = ("What is 2+3?", "Say hello.", "Name a color.", "What is 7 times 8?", "Te
 WRITE_ONLY = ("Write one sentence about {s}.", "Tell me about {s} in one sentence.", "Describe {s} briefly.",
               "Write a short sentence about {l}.", "Give me one fact about {s}.", "What can you tell me about {s}?")
 
-#: Follow-ups that ask for the earlier answer's label in one word.
-FOLLOW_NAME = ("Name it in one word.", "Just the word, please.", "Say it in one word.")
+#: Follow-ups that ask for the earlier answer's label in one word. No request answered in words
+#: starts "Say" (nor "Say hello." in CHAT): to a model that speaks, "Say ..." asks for speech.
+FOLLOW_NAME = ("Name it in one word.", "Just the word, please.", "Answer in one word.")
 #: ...or ask again which one the last attachment was (after other talk, maybe).
 SAY_AGAIN = ("Which {kind} was that?", "What was that one again?", "Which one was it?", "And that {kind} was?")
 #: Questions about several attachments at once, answered with each one's label in order.
@@ -98,9 +99,10 @@ EVAL_SEVERAL = ("Which {kind}s are these?", "Tell me what each of these shows.",
 
 
 #: A sentence and then several outputs in one answer; ``{verbs}`` joins each output's
-#: :attr:`OutputPrompts.verb` in the order asked ("draw it and say it").
+#: :attr:`OutputPrompts.verb` in the order asked ("draw it and say it"). None starts "Say ...":
+#: to a model that speaks, "Say the number two." asks for speech alone.
 WRITE_AND_ALL = ("Write one sentence about {s}, then {verbs}.", "Tell me about {s} in one sentence, then {verbs}.",
-                 "Describe {s} briefly, then {verbs}.", "Say something about {s}, then {verbs}.")
+                 "Describe {s} briefly, then {verbs}.", "Give me a fact about {s}, then {verbs}.")
 #: ...and for a sentence alone (no output verb: answered in words, with no output), worded unlike WRITE_ONLY.
 EVAL_WRITE_ONLY = ("Write a sentence about {s}.", "Tell me something about {s}.")
 EVAL_WRITE_AND_ALL = ("Write a sentence about {s} and then {verbs}.", "First tell me something about {s}, then {verbs}.")

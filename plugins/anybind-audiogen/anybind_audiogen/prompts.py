@@ -7,7 +7,7 @@ PROMPTS = OutputPrompts(
         "Say {s}.", "Please say {s}.", "Can you say {l}?", "Say {l} out loud.", "Pronounce {l}.", "Speak the word {l}.",
         "Read {s} aloud.", "I'd like to hear {s}.", "Let me hear {l}.", "Say the word {l}, please.",
         "How do you say {l}?", "Speak {s} for me.", "I want to hear {s}.", "Could you read {l} out?",
-        "Can you pronounce {l}?", "Voice {s}, please.",
+        "Can you pronounce {l}?", "Voice {s}, please.", "Can you let me hear {s}?", "Could you speak {s}?",
     ),
     write_and=(
         "Write one sentence about {s}, then say it.", "Tell me about {s} in one sentence and then say it.",

@@ -8,11 +8,11 @@ PROMPTS = OutputPrompts(
         "Sketch {c} for me.", "I'd like to see {c}.", "Generate an image of {c}.", "Draw a {l}.", "Draw {s}.",
         "Could you draw me a {l}?", "Show me what a {l} looks like.", "Paint {c}.", "Draw me {c}, please.",
         "Show me {c}.", "I want a picture of {c}.", "Could you sketch {s}?", "Illustrate {c}.",
-        "Can I see a drawing of {c}?", "Picture {s} for me.",
+        "Can I see a drawing of {c}?", "Picture {s} for me.", "Could you show me {s}?", "Show me how {s} looks.",
     ),
     write_and=(
         "Write one sentence about {s}, then draw it.", "Tell me about {c} in one sentence and then draw it.",
-        "Describe {c} briefly, then draw it.", "Say something about {s} and draw it.",
+        "Describe {c} briefly, then draw it.", "Give me a fact about {s} and draw it.",
         "Explain what {c} is and show a picture of it.", "Write a short sentence about {l}, then draw a {l}.",
     ),
     follow=("Now draw it.", "Can you draw that?", "Draw the same {kind}.", "Please draw it for me.",
