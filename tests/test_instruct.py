@@ -146,6 +146,26 @@ def test_a_request_for_a_sentence_alone_is_answered_without_an_output(small_worl
     assert {d.answer[0][1] for d in alone} & before_drawing
 
 
+def test_a_request_that_starts_with_say_is_answered_with_speech(small_world):
+    """To a model that speaks, "Say ..." asks for speech: no training request that starts so is
+    answered in words alone ("Say it in one word.", "Say hello." and "Say something about ..., then
+    draw it" were, and "Say the number two." was then answered without speech)."""
+    from anybind_audiogen.prompts import PROMPTS as SPEECH
+    from anybind_diffusion.prompts import PROMPTS as DRAWING
+
+    manifest = read_manifest(small_world)
+    att = {m: [(Attachment(m, f"{m}.x", torch.zeros(4)), label) for label in manifest.labels] for m in ("image", "audio")}
+    dialogues = make_dialogues(manifest, att, 800, seed=0, outputs={"image": DRAWING, "audio": SPEECH})
+    said = 0
+    for d in dialogues:
+        answers = [[a.modality for a in t.attachments] for t in d.turns[1:]] + [[s[1] for s in d.answer if s[0] == "output"]]
+        for turn, made in zip(d.turns, answers):
+            if turn.role == "user" and turn.text.startswith("Say"):
+                said += 1
+                assert "audio" in made, turn.text
+    assert said >= 10
+
+
 def test_encoded_answers_target_img0_and_skip_the_forced_tokens(tiny_lm):
     from anybind.models.backbone import load_backbone
 
