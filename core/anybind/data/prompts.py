@@ -39,7 +39,8 @@ ASK = (
     "Is {t} important?", "What is {t}?",
 )
 CHAT = ("What is 2+3?", "Give me a friendly greeting.", "Name a color.", "What is 7 times 8?", "Tell me a joke.",
-        "What is your name?", "Count from one to five.", "How are you today?", "Translate 'thank you' into French.", "What day comes after Monday?",
+        "What is your name?", "Count from one to five.", "How are you today?", "Translate 'thank you' into French.",
+        "What day comes after Monday?",
         # ...and everyday requests of many shapes (imperatives, yes/no questions, "in one sentence",
         # "name a ..."), none with an output's verb or a small number in its answer: with only the
         # ten above, an unfamiliar plain question was answered with a label ("Name a fruit that is

@@ -63,10 +63,8 @@ def _targets(model, modules: tuple[str, ...] | str | None) -> list[str] | str | 
     """peft's ``target_modules``: "all-linear" as the names of every linear layer but the output
     head (peft's own "all-linear" cannot be limited to the last layers), others as given (a
     string is peft's pattern, never split into letters)."""
-    if isinstance(modules, str) and modules != "all-linear":
-        return modules
     if modules != "all-linear":
-        return list(modules) if modules else None
+        return modules if isinstance(modules, str) else list(modules) if modules else None
     head = model.get_output_embeddings()
     return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                    if isinstance(module, nn.Linear) and module is not head})

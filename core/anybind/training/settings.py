@@ -73,8 +73,8 @@ class InstructSettings:
     steps: int = 60
     batch_size: int = 8
     # Adapters on every layer (0; N: the last N): the input projectors train too, so backward
-    # runs through the whole LM anyway, and only the adapters' own gradients are added (+17% step
-    # time). On the last 8 alone, a follow-up after plain chat named the wrong label (0.55-0.67
+    # runs through the whole LM anyway, and only the adapters' own gradients and merge are added
+    # (+25-45% on the stage). On the last 8 alone, a follow-up after plain chat named the wrong label (0.55-0.67
     # made right) and the order the outputs were asked in was not read; at 1e-3 on every layer,
     # wordings seen in training took over ("Can you show me a two?" was spoken); bench/RESULTS.md
     lr: float = 5e-4
