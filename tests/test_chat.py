@@ -235,7 +235,7 @@ def test_int8_decoding_loads_decodes_and_answers_like_fp32(chat_dir, world):
     fp32, int8 = ChatModel.from_pretrained(chat_dir), ChatModel.from_pretrained(chat_dir, quantize="int8")
     assert int8.backbone.quantization == "int8" and fp32.backbone.quantization is None
     layers = [m for m in int8.backbone.model.modules() if isinstance(m, Int8Linear)]
-    assert len(layers) == 2 * 5 + 1  # q, k, o, gate, up in each of 2 layers (v and down stay fp32), and the head
+    assert len(layers) == 2 * 7 + 1  # every linear layer of the 2 blocks, and the head
     assert isinstance(int8.backbone.model.get_input_embeddings(), Int8Embedding) and int8.backbone.dtype == torch.float32
     audio = read_manifest(world).select("test", has=("audio",))[0]["audio"]
     logits = []

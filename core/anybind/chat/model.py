@@ -79,12 +79,13 @@ class ChatModel:
         if not projectors:
             raise CheckpointError(f"{chat.path}: has no trained projector; run anybind train align-in --out {chat.path}")
         backbone = backbone or load_backbone(config["backbone"])
-        if tuned:
-            apply_adapter(backbone, chat.adapter)
+        if tuned:  # quantizing merges it one layer at a time (merged all at once, every fp32 weight is resident)
+            apply_adapter(backbone, chat.adapter, merge=not quantize)
         if quantize:
+            from anybind.data.prompts import CHAT
             from anybind.models.quantize import quantize_backbone
 
-            quantize_backbone(backbone, quantize)
+            quantize_backbone(backbone, quantize, calibration=CHAT)
         # An output aligned after instruct ran has no tuned copy until instruct runs again.
         outputs = {m: GenerativeOutput.from_pretrained(chat.output(m, tuned and (chat.output(m, True) / CONFIG_NAME).is_file()))
                    for m in chat.outputs(config)}

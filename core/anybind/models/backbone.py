@@ -167,16 +167,19 @@ def load_backbone(reference: str) -> Backbone:
     return Backbone(reference, model, tokenizer)
 
 
-def apply_adapter(backbone: Backbone, adapter_dir: Path) -> None:
+def apply_adapter(backbone: Backbone, adapter_dir: Path, merge: bool = True) -> None:
     """Merge a saved LoRA adapter into ``backbone``'s weights, in place (generation then costs
-    what the plain backbone costs)."""
+    what the plain backbone costs). ``merge=False`` leaves it beside them, for
+    :func:`~anybind.models.quantize.quantize_backbone` to merge one layer at a time."""
     from peft import PeftModel
 
     if not (adapter_dir / "adapter_config.json").is_file():
         raise CheckpointError(f"{adapter_dir}: no adapter_config.json (an interrupted instruct stage?); "
                               "run anybind train instruct --retrain")
     with quiet_peft():
-        backbone.model = PeftModel.from_pretrained(backbone.model, str(adapter_dir)).merge_and_unload()
+        backbone.model = PeftModel.from_pretrained(backbone.model, str(adapter_dir))
+        if merge:
+            backbone.model = backbone.model.merge_and_unload()
     backbone.model.eval().requires_grad_(False)
 
 

@@ -1,25 +1,27 @@
 """int8 weights for decoding on the CPU.
 
 Decoding one token at a time is bound by reading the weights from memory: SmolLM2-135M's fp32
-weights are 540 MB, which caps fp32 decode near 20 tokens/s on a 2-core machine. Dynamic int8
-quantization (``torch.ao.quantization.quantize_dynamic``) stores the LM's ``nn.Linear`` layers
-(the output head included; the MLP output projections and the value projections not, see
-:data:`KEEP_FP32`) as int8 with a scale per output channel and runs fused int8 matmuls (FBGEMM),
-a quarter of the bytes. Each layer's input is quantized on the fly with one scale, after each
-token's row is scaled to the same peak (:class:`RowScaled`), so a prompt's tokens do not share
-the scale its loudest token sets. The input embeddings are int8 too, a scale per row
-(:class:`Int8Embedding`), looked up in fp32, so soft tokens and generative tokens are written
-into the sequence as before. Opt-in (``--int8``): about 1.5x faster than fp32 here, and chat
-accuracy within 0.02-0.04 of fp32's (bench/RESULTS.md, "int8: each token's own scale"). For
-inference only: training always sees the fp32 backbone. ``bench/chat_speed.py`` measures speed
-and memory.
+weights are 540 MB, which caps fp32 decode near 20 tokens/s on a 2-core machine. Every linear
+layer of the LM (the output head included) becomes a dynamic int8 one (``torch.ao``: int8
+weights with a scale per output channel, fused int8 matmuls by FBGEMM, a quarter of the bytes),
+:class:`Int8Layer`, with two guards for the LM's outlier activations: each layer's outlier input
+channels, found in one calibration pass over plain requests, are multiplied in fp32 beside the
+int8 product (LLM.int8()'s decomposition), and each token's input is quantized on its own scale.
+The input embeddings are int8 too, a scale per row (:class:`Int8Embedding`), looked up in fp32,
+so soft tokens and generative tokens are written into the sequence as before. Opt-in
+(``--int8``); ``bench/chat_speed.py`` measures speed and memory, and bench/RESULTS.md ("int8:
+outlier channels in fp32") how close its logits and chat answers are to fp32's. For inference
+only: training always sees the fp32 backbone.
 """
 
 from __future__ import annotations
 
 import ctypes
+import inspect
 import mmap
 import warnings
+from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -28,65 +30,187 @@ from torch import nn
 from anybind.errors import CheckpointError
 
 QUANTIZATIONS = ("int8",)
-#: linear layers left in fp32, by name: the MLP output projections of Llama-, GPT-2- and BERT-style
-#: blocks, and Llama's value projections (3% of its weights; their int8 outputs were off by 10-13%,
-#: every other layer's by 3-5%: bench/RESULTS.md, "int8: each token's own scale")
-KEEP_FP32 = ("down_proj", "c_proj", "fc2", "dense_4h_to_h", "v_proj")
+#: An input channel whose largest activation in calibration is this many times the layer's median
+#: channel's is multiplied in fp32 beside the int8 product (LLM.int8()'s decomposition): one shared
+#: scale would crush every other channel (SmolLM2's attention sink puts up to 3,065 into one of an
+#: MLP output projection's 1,536 inputs, whose median peak is 0.4-4). At 5, 0-12% of a layer's
+#: channels stay fp32 (bench/RESULTS.md, "int8: outlier channels in fp32").
+OUTLIER_RATIO = 5.0
+#: ...but at most this share of a layer's input channels (the rest stay int8)
+MAX_OUTLIER_SHARE = 0.125
+#: Calibration: this many plain requests, read as one conversation (about 200 tokens for SmolLM2)
+CALIBRATION_TURNS = 16
 
 
-def quantize_backbone(backbone, kind: str = "int8") -> None:
-    """Quantize ``backbone``'s LM in place (after any adapter is merged into it), one layer at a time."""
+def quantize_backbone(backbone, kind: str = "int8", *, calibration: Sequence[str]) -> None:
+    """Quantize ``backbone``'s LM in place, one layer at a time: one forward pass over
+    ``calibration`` (plain requests, read as one conversation), in which each linear layer, once
+    it has run, finds its outlier input channels, merges its adapter if it has one unmerged
+    (:func:`~anybind.models.backbone.apply_adapter` with ``merge=False``), becomes int8 and gives
+    back its fp32 pages, so the fp32 weights are never all resident at once."""
     if kind not in QUANTIZATIONS:
         raise CheckpointError(f"unknown quantization {kind!r} (known: {', '.join(QUANTIZATIONS)})")
     if backbone.device.type != "cpu":
         raise CheckpointError(f"int8 decoding is for the CPU; on {backbone.device.type} the backbone runs in bf16")
-    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
-    from torch.ao.quantization import per_channel_dynamic_qconfig
-
     if "fbgemm" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "fbgemm"
     model = backbone.model
-    # A scale per output channel; and the MLP's output projections stay fp32: their inputs carry
-    # the LM's outlier activations, and quantized (one scale per tensor of activations) they
-    # took chat accuracy from 0.90 to 0.29 (bench/RESULTS.md, "int8 decoding").
-    layers = [name for name, module in model.named_modules()
-              if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] not in KEEP_FP32]
-    files, libc = _file_mappings(), ctypes.CDLL(None, use_errno=True)  # the checkpoint's mapping lives throughout
-    for name in layers:
-        parent, _, child = name.rpartition(".")
-        old = model.get_submodule(name)
-        old.qconfig = per_channel_dynamic_qconfig
-        with warnings.catch_warnings():  # torch.ao's deprecation notice (the API is what this torch ships)
-            warnings.simplefilter("ignore")
-            setattr(model.get_submodule(parent) if parent else model, child, RowScaled(Int8Linear.from_float(old)))
-        _release(old.weight, model, files, libc)
+    pages = _Pages(_file_mappings(), ctypes.CDLL(None, use_errno=True))  # the checkpoint's mapping lives throughout
+    # glibc raises its threshold for serving a block by mmap each time it frees one, so layer-sized
+    # temporaries soon come from the heap, which never shrinks: fixed at its default, each one is
+    # given back when freed (peak RSS 1,211 MiB instead of 1,314-1,355; bench/RESULTS.md)
+    pages.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+
+    def after_forward(name, layer, inputs, output):
+        _replace(model, name, layer, inputs[0].detach().reshape(-1, inputs[0].shape[-1]).abs().amax(dim=0), pages)
+
+    # names, not the layers: a replaced layer (its fp32 weight) is freed as soon as it is replaced
+    names = _linear_layers(model)
+    hooks = [model.get_submodule(name).register_forward_hook(partial(after_forward, name)) for name in names]
+    try:
+        with torch.no_grad():
+            model(input_ids=_calibration_ids(backbone.tokenizer, calibration), **_last_logits_only(model))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for name in names:  # any layer the forward did not reach: no outlier channels known
+        if not isinstance(model.get_submodule(name), Int8Layer):
+            _replace(model, name, model.get_submodule(name), None, pages)
+    if hasattr(model, "get_base_model"):  # a peft model whose adapter layers are all merged and replaced
+        backbone.model = model = model.get_base_model()
     embeddings = model.get_input_embeddings()
-    if isinstance(embeddings, nn.Embedding):  # after the head: a tied head read it to quantize
+    if isinstance(embeddings, nn.Embedding):  # untied from the head
         model.set_input_embeddings(Int8Embedding.from_float(embeddings))
-        _release(embeddings.weight, model, files, libc)
+        pages.release(embeddings.weight, model)
+    pages.malloc_trim(0)  # give back the heap's freed blocks too
+    pages.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)  # decoding's growing caches are reused from the heap again
     backbone.quantization = kind
 
 
-class RowScaled(nn.Module):
-    """A dynamic int8 layer whose input rows are each scaled to a peak of 1 first, and its output
-    back: the layer quantizes its whole input with one scale, so in a prompt the tokens with the
-    largest activations (the attention sink's) would set it for all, and crush the rest. Scaled,
-    every token is quantized as if alone; decoding (one token a step) needs no scaling. Over
-    four prompts the logits' mean cosine to fp32's rose from 0.912 to 0.972 (bench/RESULTS.md)."""
+def _replace(model: nn.Module, name: str, layer: nn.Module, peaks: torch.Tensor | None, pages: "_Pages") -> None:
+    """Put an :class:`Int8Layer` in the place of ``layer`` (merging its adapter first) and give back its pages."""
+    if _adapted(layer):
+        layer.merge()
+        layer = layer.base_layer
+    parent, _, child = name.rpartition(".")
+    embeddings = model.get_input_embeddings()
+    if isinstance(embeddings, nn.Embedding) and layer.weight is embeddings.weight:
+        # a head tied to the input embeddings: both from one read of the table, each block of
+        # rows given back once read (no outlier channels: they would need a second read)
+        values, scale = int8_rows(layer.weight.detach(), read=pages.give_back)
+        quantized = Int8Layer.from_int8(values, scale, layer.bias)
+        model.set_input_embeddings(Int8Embedding(values, scale, embeddings.padding_idx))
+    else:
+        quantized = Int8Layer.from_float(layer, peaks)
+    setattr(model.get_submodule(parent) if parent else model, child, quantized)
+    pages.release(layer.weight, model)
 
-    def __init__(self, layer: nn.Module):
+
+def _adapted(module: nn.Module) -> bool:
+    """Whether ``module`` is an adapter's wrapper of a linear layer (peft's LoRA layer), not yet merged."""
+    return isinstance(getattr(module, "base_layer", None), nn.Linear) and callable(getattr(module, "merge", None))
+
+
+def _linear_layers(model: nn.Module) -> list[str]:
+    """The names of the linear layers to quantize: an adapted one by its wrapper's name (the
+    adapter's own small layers inside it are merged, not quantized)."""
+    wrappers = [name + "." for name, m in model.named_modules() if _adapted(m)]
+    return [name for name, m in model.named_modules()
+            if _adapted(m) or (isinstance(m, nn.Linear) and not any(name.startswith(w) for w in wrappers))]
+
+
+def _calibration_ids(tokenizer, requests: Sequence[str]) -> torch.Tensor:
+    """``requests`` as one conversation, through the chat template when the tokenizer has one."""
+    requests = list(requests)[:CALIBRATION_TURNS]
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": r} for r in requests], tokenize=False,
+                                             add_generation_prompt=True)
+    else:
+        text = " ".join(requests)
+    return tokenizer(text, return_tensors="pt").input_ids
+
+
+def _last_logits_only(model) -> dict:
+    """Ask for the last position's logits alone where the model can (no vocabulary-wide logits
+    for every calibration token: 49,152 floats each)."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+class Int8Layer(nn.Module):
+    """A linear layer as a dynamic int8 one (a scale per output channel, FBGEMM), with two guards
+    for the LM's outlier activations:
+
+    * its outlier input channels (``outliers``, found in calibration) are multiplied in fp32 and
+      the rest in int8 (LLM.int8()'s decomposition), so they do not set the scale of the rest;
+    * each input row is scaled to a peak of 1 first, and its output back: the int8 layer
+      quantizes its whole input with one scale, so in a prompt the tokens with the largest
+      activations would set it for all; scaled, every token is quantized as if alone. Decoding
+      (one token a step) needs no scaling.
+    """
+
+    def __init__(self, layer: nn.Module, outliers: torch.Tensor | None = None, kept: torch.Tensor | None = None,
+                 outlier_weight: torch.Tensor | None = None):
         super().__init__()
         self.layer = layer
-        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.out_features = layer.out_features
+        self.in_features = layer.in_features + (0 if outliers is None else len(outliers))
         self.register_buffer("bias", layer.bias())  # read once: reading it unpacks the weight
+        self.register_buffer("outliers", outliers)  # input channels multiplied in fp32
+        self.register_buffer("kept", kept)  # the rest, multiplied in int8
+        self.register_buffer("outlier_weight", outlier_weight)  # (out, len(outliers)) fp32
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, peaks: torch.Tensor | None = None) -> "Int8Layer":
+        """``peaks``: each input channel's largest absolute activation in calibration (None: no
+        outliers). The weight is read a block of rows at a time: no whole fp32 copy is made."""
+        outliers = None if peaks is None else _outlier_channels(peaks)
+        weight, kept = linear.weight.detach(), None
+        if outliers is not None:
+            kept = torch.ones(linear.in_features, dtype=torch.bool)
+            kept[outliers] = False
+            kept = kept.nonzero().squeeze(1)
+        values, scale = int8_rows(weight, kept)
+        if outliers is None:
+            return cls.from_int8(values, scale, linear.bias)
+        return cls.from_int8(values, scale, linear.bias, outliers, kept, weight[:, outliers].float())
+
+    @classmethod
+    def from_int8(cls, values: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
+                  outliers: torch.Tensor | None = None, kept: torch.Tensor | None = None,
+                  outlier_weight: torch.Tensor | None = None) -> "Int8Layer":
+        """From int8 ``values`` with a ``scale`` per row (:func:`int8_rows`)."""
+        from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+
+        bias = None if bias is None else bias.detach().float()
+        with warnings.catch_warnings():  # torch's notice that quantized tensors are deprecated (this torch ships them)
+            warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
+            quantized = Int8Linear(values.shape[1], values.shape[0], bias_=bias is not None, dtype=torch.qint8)
+            zero = torch.zeros(len(scale), dtype=torch.int64)
+            quantized.set_weight_bias(torch._make_per_channel_quantized_tensor(values, scale.double(), zero, 0), bias)
+        return cls(quantized, outliers, kept, outlier_weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.outliers is None:
+            return self._scaled(x)
+        return self._scaled(x.index_select(-1, self.kept)) + F.linear(x.index_select(-1, self.outliers),
+                                                                       self.outlier_weight)
+
+    def _scaled(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[:-1].numel() <= 1:
             return self.layer(x)
         peak = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-6)
         if self.bias is None:
             return self.layer(x / peak) * peak
         return (self.layer(x / peak) - self.bias) * peak + self.bias
+
+
+def _outlier_channels(peaks: torch.Tensor) -> torch.Tensor | None:
+    """The input channels whose calibrated peak is :data:`OUTLIER_RATIO` times the median
+    channel's or more, the largest first and at most :data:`MAX_OUTLIER_SHARE` of them (None: none)."""
+    order = peaks.argsort(descending=True)
+    count = int((peaks >= OUTLIER_RATIO * peaks.median().clamp(min=1e-6)).sum())
+    count = min(count, int(MAX_OUTLIER_SHARE * len(peaks)))
+    return order[:count].sort().values if count else None
 
 
 class Int8Embedding(nn.Module):
@@ -101,41 +225,72 @@ class Int8Embedding(nn.Module):
         self.padding_idx = padding_idx
 
     @classmethod
-    def from_float(cls, embedding: nn.Embedding, rows: int = 4096) -> "Int8Embedding":
-        """Quantize ``rows`` rows at a time, so no fp32 copy of the whole table is ever made."""
-        table = embedding.weight.detach()
-        weight = torch.empty(table.shape, dtype=torch.int8)
-        scale = torch.empty(table.shape[0], dtype=torch.float32)
-        for start in range(0, table.shape[0], rows):
-            chunk = table[start:start + rows].float()
-            scale[start:start + rows] = chunk.abs().amax(dim=1).clamp(min=1e-12) / 127
-            weight[start:start + rows] = (chunk / scale[start:start + rows, None]).round_().clamp_(-127, 127).to(torch.int8)
-        return cls(weight, scale, embedding.padding_idx)
+    def from_float(cls, embedding: nn.Embedding) -> "Int8Embedding":
+        return cls(*int8_rows(embedding.weight.detach()), embedding.padding_idx)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.weight).float() * self.scale[ids].unsqueeze(-1)
 
 
+def int8_rows(weight: torch.Tensor, columns: torch.Tensor | None = None, rows: int = 4096, read=None):
+    """``weight`` (only its ``columns``, if given) as int8 with a symmetric scale per row, and the
+    scales; ``rows`` rows at a time, so no fp32 copy of the whole matrix is ever made. ``read``,
+    if given, is called with each block of rows once it has been read."""
+    width = weight.shape[1] if columns is None else len(columns)
+    values = torch.empty(weight.shape[0], width, dtype=torch.int8)
+    scale = torch.empty(weight.shape[0], dtype=torch.float32)
+    for start in range(0, weight.shape[0], rows):
+        chunk = weight[start:start + rows].float()
+        chunk = chunk if columns is None else chunk[:, columns]
+        scale[start:start + rows] = chunk.abs().amax(dim=1).clamp(min=1e-12) / 127.5
+        values[start:start + rows] = (chunk / scale[start:start + rows, None]).round_().clamp_(-128, 127).to(torch.int8)
+        if read is not None:
+            read(weight[start:start + rows])
+    return values, scale
+
+
 MADV_DONTNEED = 4
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc)
+MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # the most glibc's own threshold grows to (64-bit)
 
 
-def _release(weight: torch.Tensor, model: nn.Module, files: list[tuple[int, int]], libc) -> None:
-    """Give back the resident pages of a replaced fp32 weight that was read from a memory-mapped
-    checkpoint. transformers maps the safetensors file and its tensors are views of that one
-    mapping, so dropping a tensor frees nothing: every page quantization read would stay
-    resident (peak RSS 1,474 MiB after quantizing instead of 1,187; bench/RESULTS.md, "int8: one
-    layer at a time"). ``MADV_DONTNEED`` unmaps them; a page read again would come back from the
-    file. Only whole pages inside the weight, only in a file mapping (``files``: address ranges),
-    and never one a remaining parameter lies on (a tied output head). Linux only."""
-    start, end = weight.data_ptr(), weight.data_ptr() + weight.numel() * weight.element_size()
-    page = mmap.PAGESIZE
-    first, last = -(-start // page) * page, end // page * page
-    if last <= first or not any(low <= start and end <= high for low, high in files):
-        return
-    for p in model.parameters():
-        if p.data_ptr() < last and first < p.data_ptr() + p.numel() * p.element_size():
-            return
-    libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), MADV_DONTNEED)
+class _Pages:
+    """Gives back the resident pages of fp32 weights read from a memory-mapped checkpoint.
+    transformers maps the safetensors file and its tensors are views of that one mapping, so
+    dropping a tensor frees nothing: every page quantization read would stay resident (peak RSS
+    1,474 MiB after quantizing instead of 1,187; bench/RESULTS.md, "int8: one layer at a time").
+    ``MADV_DONTNEED`` unmaps them; a page read again would come back from the file. Only whole
+    pages, only in a file mapping (``files``: address ranges). Linux only; elsewhere nothing is
+    given back. Also glibc's ``mallopt`` and ``malloc_trim``, where there is glibc."""
+
+    def __init__(self, files: list[tuple[int, int]], libc):
+        self.files, self.libc = files, libc
+
+    def release(self, weight: torch.Tensor, model: nn.Module) -> None:
+        """The pages of a replaced weight, unless a remaining parameter lies on them (a tied output head)."""
+        first, last = _whole_pages(weight)
+        if not any(p.data_ptr() < last and first < p.data_ptr() + p.numel() * p.element_size()
+                   for p in model.parameters()):
+            self.give_back(weight)
+
+    def give_back(self, tensor: torch.Tensor) -> None:
+        """The whole pages inside a contiguous ``tensor``, if it lies in a file mapping."""
+        first, last = _whole_pages(tensor)
+        if last > first and any(low <= first and last <= high for low, high in self.files):
+            self.libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), MADV_DONTNEED)
+
+    def mallopt(self, parameter: int, value: int) -> None:
+        if hasattr(self.libc, "mallopt"):
+            self.libc.mallopt(parameter, value)
+
+    def malloc_trim(self, pad: int) -> None:
+        if hasattr(self.libc, "malloc_trim"):
+            self.libc.malloc_trim(pad)
+
+
+def _whole_pages(tensor: torch.Tensor) -> tuple[int, int]:
+    start, end = tensor.data_ptr(), tensor.data_ptr() + tensor.numel() * tensor.element_size()
+    return -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
 
 
 def _file_mappings() -> list[tuple[int, int]]:
