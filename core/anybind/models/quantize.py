@@ -21,6 +21,7 @@ import inspect
 import mmap
 import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -54,12 +55,9 @@ def quantize_backbone(backbone, kind: str = "int8", *, calibration: Sequence[str
         raise CheckpointError(f"int8 decoding is for the CPU; on {backbone.device.type} the backbone runs in bf16")
     if "fbgemm" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "fbgemm"
-    model = backbone.model
+    # a peft model's own base runs its adapter layers as well, and takes logits_to_keep
+    model = backbone.model = getattr(backbone.model, "get_base_model", lambda: backbone.model)()
     pages = _Pages(_file_mappings(), ctypes.CDLL(None, use_errno=True))  # the checkpoint's mapping lives throughout
-    # glibc raises its threshold for serving a block by mmap each time it frees one, so layer-sized
-    # temporaries soon come from the heap, which never shrinks: fixed at its default, each one is
-    # given back when freed (peak RSS 1,211 MiB instead of 1,314-1,355; bench/RESULTS.md)
-    pages.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
 
     def after_forward(name, layer, inputs, output):
         _replace(model, name, layer, inputs[0].detach().reshape(-1, inputs[0].shape[-1]).abs().amax(dim=0), pages)
@@ -67,23 +65,26 @@ def quantize_backbone(backbone, kind: str = "int8", *, calibration: Sequence[str
     # names, not the layers: a replaced layer (its fp32 weight) is freed as soon as it is replaced
     names = _linear_layers(model)
     hooks = [model.get_submodule(name).register_forward_hook(partial(after_forward, name)) for name in names]
-    try:
-        with torch.no_grad():
-            model(input_ids=_calibration_ids(backbone.tokenizer, calibration), **_last_logits_only(model))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    for name in names:  # any layer the forward did not reach: no outlier channels known
-        if not isinstance(model.get_submodule(name), Int8Layer):
-            _replace(model, name, model.get_submodule(name), None, pages)
-    if hasattr(model, "get_base_model"):  # a peft model whose adapter layers are all merged and replaced
-        backbone.model = model = model.get_base_model()
-    embeddings = model.get_input_embeddings()
-    if isinstance(embeddings, nn.Embedding):  # untied from the head
-        model.set_input_embeddings(Int8Embedding.from_float(embeddings))
-        pages.release(embeddings.weight, model)
-    pages.malloc_trim(0)  # give back the heap's freed blocks too
-    pages.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)  # decoding's growing caches are reused from the heap again
+    with torch.no_grad():  # in fp32, before a tied head quantizes the table
+        embeds = model.get_input_embeddings()(_calibration_ids(backbone.tokenizer, calibration))
+    with pages.temporaries_given_back():
+        head = model.get_output_embeddings()
+        if isinstance(head, nn.Linear) and head.weight is getattr(model.get_input_embeddings(), "weight", None):
+            # tied: first, while least else is resident (its temporaries would set the peak at the end)
+            _replace(model, next(n for n, m in model.named_modules() if m is head), head, None, pages)
+        try:
+            with torch.no_grad():
+                model(inputs_embeds=embeds, **_last_logits_only(model))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for name in names:  # any layer the forward did not reach: no outlier channels known
+            if not isinstance(model.get_submodule(name), Int8Layer):
+                _replace(model, name, model.get_submodule(name), None, pages)
+        embeddings = model.get_input_embeddings()
+        if isinstance(embeddings, nn.Embedding):  # untied from the head
+            model.set_input_embeddings(Int8Embedding.from_float(embeddings))
+            pages.release(embeddings.weight, model)
     backbone.quantization = kind
 
 
@@ -261,7 +262,7 @@ class _Pages:
     1,474 MiB after quantizing instead of 1,187; bench/RESULTS.md, "int8: one layer at a time").
     ``MADV_DONTNEED`` unmaps them; a page read again would come back from the file. Only whole
     pages, only in a file mapping (``files``: address ranges). Linux only; elsewhere nothing is
-    given back. Also glibc's ``mallopt`` and ``malloc_trim``, where there is glibc."""
+    given back. And the heap's, where there is glibc."""
 
     def __init__(self, files: list[tuple[int, int]], libc):
         self.files, self.libc = files, libc
@@ -279,13 +280,22 @@ class _Pages:
         if last > first and any(low <= first and last <= high for low, high in self.files):
             self.libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), MADV_DONTNEED)
 
-    def mallopt(self, parameter: int, value: int) -> None:
-        if hasattr(self.libc, "mallopt"):
-            self.libc.mallopt(parameter, value)
-
-    def malloc_trim(self, pad: int) -> None:
-        if hasattr(self.libc, "malloc_trim"):
-            self.libc.malloc_trim(pad)
+    @contextmanager
+    def temporaries_given_back(self):
+        """glibc raises its threshold for serving a block by mmap each time it frees one, so
+        layer-sized temporaries soon come from the heap, which never shrinks: within, it is held
+        at its default (each one given back when freed), and after, the heap is trimmed and the
+        threshold raised to its ceiling (decoding's growing caches are reused from the heap, not
+        mapped anew each step). bench/RESULTS.md, "int8: outlier channels in fp32"."""
+        glibc = hasattr(self.libc, "mallopt") and hasattr(self.libc, "malloc_trim")
+        if glibc:
+            self.libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+        try:
+            yield
+        finally:
+            if glibc:
+                self.libc.malloc_trim(0)
+                self.libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
 
 
 def _whole_pages(tensor: torch.Tensor) -> tuple[int, int]:
