@@ -75,6 +75,10 @@ def test_the_multi_turn_scoring_counts_what_each_behaviour_asks():
     assert _score(Step("q", behaviour="plain"), "Bees make honey.", [], judge, world)
     assert not _score(Step("q", behaviour="plain"), "Bees make honey.", ["seven"], judge, world)
     assert not _score(Step("q", behaviour="plain"), "Seven is the digit 7.", [], judge, world)  # the old subject leaks
+    assert not _score(Step("q", behaviour="plain"), "It has 7 legs.", [], judge, world)
+    # a numeral inside a larger number is not the label (the LM's own "over 2,000 flowers")
+    for number in ("over 7,000 types", "about 7/8 of them", "7.5 metres", "17 bees"):
+        assert _score(Step("q", behaviour="plain"), f"Bees make {number}.", [], judge, world), number
     assert _score(Step("q", behaviour="refer_back_make", labels=("seven",)), "", ["seven"], judge, world)
     assert not _score(Step("q", behaviour="refer_back_make", labels=("seven",)), "", [], judge, world)
     assert _score(Step("q", behaviour="subject_change", labels=("three",)), "Three is odd.", ["three"], judge, world)

@@ -12,13 +12,15 @@ from anybind.models.space import embed_rows
 
 
 def mentioned_labels(answer: str, labels: list[str], aliases: dict[str, list[str]] | None = None) -> list[str]:
-    """Every label an answer names (by word, or an alias such as "7" for "seven"), in the order it names them."""
+    """Every label an answer names (by word, or an alias such as "7" for "seven"), in the order it
+    names them. A numeral inside a larger number ("2,000", "2/5", "2.5") names no label."""
     import re
 
     found = {}
     for label in labels:
         for spelling in [label, *(aliases or {}).get(label, [])]:
-            match = re.search(rf"(?<![\w-]){re.escape(spelling)}(?![\w-])", answer, flags=re.IGNORECASE)
+            match = re.search(rf"(?<![\w-])(?<!\d[.,/]){re.escape(spelling)}(?![\w-])(?![.,/]\d)", answer,
+                              flags=re.IGNORECASE)
             if match:
                 found[label] = min(found.get(label, match.start()), match.start())
     return sorted(found, key=found.get)
