@@ -71,7 +71,7 @@ def quantize_backbone(backbone, kind: str = "int8", *, calibration: Sequence[str
         head = model.get_output_embeddings()
         if isinstance(head, nn.Linear) and head.weight is getattr(model.get_input_embeddings(), "weight", None):
             # tied: first, while least else is resident (its temporaries would set the peak at the end)
-            _replace(model, next(n for n, m in model.named_modules() if m is head), head, None, pages)
+            _quantize_tied_head(model, next(n for n, m in model.named_modules() if m is head), head, pages)
         try:
             with torch.no_grad():
                 model(inputs_embeds=embeds, **_last_logits_only(model))
@@ -93,18 +93,23 @@ def _replace(model: nn.Module, name: str, layer: nn.Module, peaks: torch.Tensor 
     if _adapted(layer):
         layer.merge()
         layer = layer.base_layer
-    parent, _, child = name.rpartition(".")
-    embeddings = model.get_input_embeddings()
-    if isinstance(embeddings, nn.Embedding) and layer.weight is embeddings.weight:
-        # a head tied to the input embeddings: both from one read of the table, each block of
-        # rows given back once read (no outlier channels: they would need a second read)
-        values, scale = int8_rows(layer.weight.detach(), read=pages.give_back)
-        quantized = Int8Layer.from_int8(values, scale, layer.bias)
-        model.set_input_embeddings(Int8Embedding(values, scale, embeddings.padding_idx))
-    else:
-        quantized = Int8Layer.from_float(layer, peaks)
-    setattr(model.get_submodule(parent) if parent else model, child, quantized)
+    _put(model, name, Int8Layer.from_float(layer, peaks))
     pages.release(layer.weight, model)
+
+
+def _quantize_tied_head(model: nn.Module, name: str, head: nn.Linear, pages: "_Pages") -> None:
+    """A head tied to the input embeddings, and the embeddings: both from one read of the table,
+    each block of rows given back once read (no outlier channels: they would need a second read)."""
+    values, scale = int8_rows(head.weight.detach(), read=pages.give_back)
+    padding_idx = model.get_input_embeddings().padding_idx
+    _put(model, name, Int8Layer.from_int8(values, scale, head.bias))
+    model.set_input_embeddings(Int8Embedding(values, scale, padding_idx))
+    pages.release(head.weight, model)
+
+
+def _put(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def _adapted(module: nn.Module) -> bool:
@@ -171,9 +176,8 @@ class Int8Layer(nn.Module):
             kept[outliers] = False
             kept = kept.nonzero().squeeze(1)
         values, scale = int8_rows(weight, kept)
-        if outliers is None:
-            return cls.from_int8(values, scale, linear.bias)
-        return cls.from_int8(values, scale, linear.bias, outliers, kept, weight[:, outliers].float())
+        outlier_weight = None if outliers is None else weight[:, outliers].float()
+        return cls.from_int8(values, scale, linear.bias, outliers, kept, outlier_weight)
 
     @classmethod
     def from_int8(cls, values: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
@@ -207,7 +211,8 @@ class Int8Layer(nn.Module):
 
 def _outlier_channels(peaks: torch.Tensor) -> torch.Tensor | None:
     """The input channels whose calibrated peak is :data:`OUTLIER_RATIO` times the median
-    channel's or more, the largest first and at most :data:`MAX_OUTLIER_SHARE` of them (None: none)."""
+    channel's or more, in channel order; the largest :data:`MAX_OUTLIER_SHARE` of them at most
+    (None: none)."""
     order = peaks.argsort(descending=True)
     count = int((peaks >= OUTLIER_RATIO * peaks.median().clamp(min=1e-6)).sum())
     count = min(count, int(MAX_OUTLIER_SHARE * len(peaks)))
