@@ -155,7 +155,7 @@ def test_a_request_that_starts_with_say_is_answered_with_speech(small_world):
 
     manifest = read_manifest(small_world)
     att = {m: [(Attachment(m, f"{m}.x", torch.zeros(4)), label) for label in manifest.labels] for m in ("image", "audio")}
-    dialogues = make_dialogues(manifest, att, 800, seed=0, outputs={"image": DRAWING, "audio": SPEECH})
+    dialogues = make_dialogues(manifest, att, 1200, seed=0, outputs={"image": DRAWING, "audio": SPEECH})
     said = 0
     for d in dialogues:
         answers = [[a.modality for a in t.attachments] for t in d.turns[1:]] + [[s[1] for s in d.answer if s[0] == "output"]]
@@ -164,6 +164,44 @@ def test_a_request_that_starts_with_say_is_answered_with_speech(small_world):
                 said += 1
                 assert "audio" in made, turn.text
     assert said >= 10
+
+
+def test_plain_requests_made_up_from_parts_ask_for_no_output():
+    """Everyday requests from parts ("Congratulate my cousin in one line.") are many, and none
+    has an output's verb or starts with "Say" (to a model that speaks, a request for speech)."""
+    import random
+    import re
+
+    from anybind.data.prompts import addressed_request
+
+    rng = random.Random(0)
+    made = {addressed_request(rng) for _ in range(3000)}
+    assert len(made) >= 500
+    verbs = {"draw", "show", "paint", "sketch", "picture", "image", "illustrate", "say", "speak", "pronounce", "hear",
+             "voice", "read", "sound"}
+    for request in made:
+        assert not set(re.findall(r"[a-z]+", request.lower())) & verbs, request
+
+
+def test_no_training_conversation_asks_in_the_evaluations_words(small_world):
+    """The multi-turn and generation evaluations' requests are worded unlike every training
+    request, so that they measure wordings the model never saw."""
+    from anybind.data import prompts
+    from anybind_audiogen.prompts import PROMPTS as SPEECH
+    from anybind_diffusion.prompts import PROMPTS as DRAWING
+
+    manifest = read_manifest(small_world)
+    att = {m: [(Attachment(m, f"{m}.x", torch.zeros(4)), label) for label in manifest.labels] for m in ("image", "audio")}
+    dialogues = make_dialogues(manifest, att, 1600, seed=0, outputs={"image": DRAWING, "audio": SPEECH})
+    asked = {t.text for d in dialogues for t in d.turns if t.role == "user"}
+    fills = [{**manifest.fill(label), "kind": manifest.kind, "label": label, "verbs": verbs} for label in manifest.labels
+             for verbs in ("draw it and say it", "say it and draw it")]
+    evaluated = [*prompts.EVAL_PLAIN, *prompts.EVAL_SAY_AGAIN, *prompts.EVAL_SEVERAL, *prompts.EVAL_WRITE_ONLY,
+                 *prompts.EVAL_WRITE_AND_ALL]
+    for p in (DRAWING, SPEECH):
+        evaluated += [*p.eval_request, *p.eval_write_and, *p.eval_follow, *p.eval_ask_made]
+    wordings = {t.format(**fill) for t in evaluated for fill in fills}
+    assert len(asked) > 300 and not asked & wordings, sorted(asked & wordings)[:5]
 
 
 def test_encoded_answers_target_img0_and_skip_the_forced_tokens(tiny_lm):

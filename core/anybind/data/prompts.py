@@ -73,6 +73,37 @@ CHAT = ("What is 2+3?", "Give me a friendly greeting.", "Name a color.", "What i
         "Finish this sentence: The early bird...", "Reply politely to an invitation to a party.",
         "Translate 'good night' into Spanish.", "What does the word 'enormous' mean?", "Is coffee hot or cold?")
 
+#: Everyday requests made up from parts: a verb addressed to someone ("Congratulate my cousin in
+#: one line.") or a request for one of something ("Share one idea for a party."). Their "one" is
+#: English's, not a label's: with requests like these only in CHAT (each seen about once in
+#: instruct), nine held-out requests in ten like "Wish my brother a happy birthday in one
+#: sentence." were answered "Here is a handwritten three." (bench/RESULTS.md, "plain requests").
+ADDRESSED_VERBS = ("Congratulate", "Reassure", "Advise", "Motivate", "Comfort", "Invite", "Console", "Inspire",
+                   "Entertain", "Calm", "Warn", "Write a note for", "Write a greeting for", "Send thanks to")
+ADDRESSED_TO = ("me", "my cousin", "my parents", "my team", "my neighbour", "the new student", "my uncle", "the players",
+                "my coworker", "our class")
+ADDRESSED_HOW = ("", " in one sentence", " in one line", " briefly", " warmly", " in a few words", " kindly",
+                 " with a short sentence", " in one short sentence", " politely")
+ONE_OF = ("Share one", "Suggest one", "Give me one", "Name one", "Tell me one", "Give me two", "List three", "Recommend one")
+ONE_THING = ("idea for a party", "way to relax", "tip for learning to swim", "snack for school", "toy for a baby",
+             "reason to smile", "game for children", "word for happy", "fact about elephants", "painter from Spain",
+             "use for a paper clip", "thing to pack for a beach trip", "habit for better sleep", "dessert with apples")
+
+
+def addressed_request(rng) -> str:
+    """An everyday request from the parts above (a few hundred different ones)."""
+    if rng.random() < 0.5:
+        return f"{rng.choice(ADDRESSED_VERBS)} {rng.choice(ADDRESSED_TO)}{rng.choice(ADDRESSED_HOW)}."
+    one, thing = rng.choice(ONE_OF), rng.choice(ONE_THING)
+    return f"{one} {thing if one.endswith('one') else _plural(thing)}."
+
+
+def _plural(thing: str) -> str:
+    noun, _, rest = thing.partition(" ")
+    noun = noun[:-1] + "ies" if noun.endswith("y") and noun[-2:-1] not in "aeiou" else noun + "s"
+    return f"{noun} {rest}".strip()
+
+
 #: Requests for a sentence about a label and nothing else: answered with the same sentence a
 #: request for "..., then draw it" starts its answer with, and no output, so that only the
 #: request's own words (its output verb) can open an output's gate. ("Say something about"
@@ -84,7 +115,16 @@ WRITE_ONLY = ("Write one sentence about {s}.", "Tell me about {s} in one sentenc
 #: starts "Say" (nor "Say hello." in CHAT): to a model that speaks, "Say ..." asks for speech.
 FOLLOW_NAME = ("Name it in one word.", "Just the word, please.", "Answer in one word.")
 #: ...or ask again which one the last attachment was (after other talk, maybe).
-SAY_AGAIN = ("Which {kind} was that?", "What was that one again?", "Which one was it?", "And that {kind} was?")
+#: Some name what was sent ("the file I sent"): asked only "Which one was it?", a question that
+#: named an attachment with none attached was read as one about the current turn ("It is the
+#: digit five.", the same digit every time).
+SAY_AGAIN = ("Which {kind} was that?", "What was that one again?", "Which one was it?", "And that {kind} was?",
+             "What {kind} did I just send you?", "What was in the attachment I sent?", "What did that file show?",
+             "Which {kind} was in the file I sent?", "What was it again?", "Which {kind} was it again?",
+             "Tell me which {kind} I sent.", "Which {kind} did that attachment hold?", "What was in my file?",
+             "So which {kind} was that one?", "Going back to the attachment: which {kind} was it?",
+             "Which {kind} was in it?", "What did I send you just now?", "What {kind} did the attachment show?",
+             "Recall which {kind} that was.", "What was in my previous message?")
 #: Questions about several attachments at once, answered with each one's label in order.
 SEVERAL = ("What are these?", "What {kind}s do these show?", "What do these show?", "Name each of these.",
            "What is in these attachments?")
