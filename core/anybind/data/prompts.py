@@ -76,8 +76,9 @@ CHAT = ("What is 2+3?", "Give me a friendly greeting.", "Name a color.", "What i
 #: Everyday requests made up from parts: a verb addressed to someone ("Congratulate my cousin in
 #: one line.") or a request for one of something ("Share one idea for a party."). Their "one" is
 #: English's, not a label's: with requests like these only in CHAT (each seen about once in
-#: instruct), nine held-out requests in ten like "Wish my brother a happy birthday in one
-#: sentence." were answered "Here is a handwritten three." (bench/RESULTS.md, "plain requests").
+#: instruct), held-out ones like "Wish my brother a happy birthday in one sentence." were answered
+#: "Here is a handwritten three.", 3 in 10 alone and 7 in 10 after talk about an attachment
+#: (bench/RESULTS.md, "instruct: everyday requests from parts").
 ADDRESSED_VERBS = ("Congratulate", "Reassure", "Advise", "Motivate", "Comfort", "Invite", "Console", "Inspire",
                    "Entertain", "Calm", "Warn", "Write a note for", "Write a greeting for", "Send thanks to")
 ADDRESSED_TO = ("me", "my cousin", "my parents", "my team", "my neighbour", "the new student", "my uncle", "the players",
@@ -85,23 +86,19 @@ ADDRESSED_TO = ("me", "my cousin", "my parents", "my team", "my neighbour", "the
 ADDRESSED_HOW = ("", " in one sentence", " in one line", " briefly", " warmly", " in a few words", " kindly",
                  " with a short sentence", " in one short sentence", " politely")
 ONE_OF = ("Share one", "Suggest one", "Give me one", "Name one", "Tell me one", "Give me two", "List three", "Recommend one")
+#: ...each starting with a noun whose plural takes an "s"
 ONE_THING = ("idea for a party", "way to relax", "tip for learning to swim", "snack for school", "toy for a baby",
              "reason to smile", "game for children", "word for happy", "fact about elephants", "painter from Spain",
              "use for a paper clip", "thing to pack for a beach trip", "habit for better sleep", "dessert with apples")
 
 
 def addressed_request(rng) -> str:
-    """An everyday request from the parts above (a few hundred different ones)."""
+    """An everyday request from the parts above (1,512 different ones)."""
     if rng.random() < 0.5:
         return f"{rng.choice(ADDRESSED_VERBS)} {rng.choice(ADDRESSED_TO)}{rng.choice(ADDRESSED_HOW)}."
     one, thing = rng.choice(ONE_OF), rng.choice(ONE_THING)
-    return f"{one} {thing if one.endswith('one') else _plural(thing)}."
-
-
-def _plural(thing: str) -> str:
     noun, _, rest = thing.partition(" ")
-    noun = noun[:-1] + "ies" if noun.endswith("y") and noun[-2:-1] not in "aeiou" else noun + "s"
-    return f"{noun} {rest}".strip()
+    return f"{one} {thing if one.endswith('one') else f'{noun}s {rest}'}."
 
 
 #: Requests for a sentence about a label and nothing else: answered with the same sentence a

@@ -44,7 +44,7 @@ SEVERAL_SHARE = 0.75
 #: The share of the text-only conversations (kind 7) that ask for a sentence about a label (the
 #: rest are plain chat). Without them every request for a sentence about a label was one for an
 #: output too, and "Write one sentence about the number four." was answered with speech. At 0.5,
-#: plain chat was a sixteenth of all conversations; at 0.35 (a tenth) the sentence alone still held.
+#: plain chat was a sixteenth of all conversations; at 0.35 (a twelfth) the sentence alone still held.
 WRITE_ONLY_SHARE = 0.35
 
 
