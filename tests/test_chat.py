@@ -227,6 +227,17 @@ def test_bad_backbones_and_attachments_fail_clearly(tmp_path, world, bound, chat
     assert proc.returncode == 1 and "not an anybind chat model" in proc.stderr
 
 
+def test_chat_runs_the_llama_without_transformers_and_answers_as_it(chat_dir, world):
+    from anybind.models.llama import LlamaForCausalLM
+
+    ours, theirs = ChatModel.from_pretrained(chat_dir), ChatModel.from_pretrained(chat_dir, transformers_lm=True)
+    assert isinstance(ours.backbone.model, LlamaForCausalLM) and not isinstance(theirs.backbone.model, LlamaForCausalLM)
+    audio = read_manifest(world).select("test", has=("audio",))[0]["audio"]
+    answers = [[(e.type, getattr(e, "text", None)) for e in m.generate("Which digit is spoken here?", attachments=[audio],
+                                                                       max_new_tokens=12)] for m in (ours, theirs)]
+    assert answers[0] == answers[1] and answers[0][-1][0] == "done"
+
+
 def test_int8_decoding_loads_decodes_and_answers_like_fp32(chat_dir, world):
     from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
 

@@ -52,8 +52,9 @@ def _calibration_peaks(model, tokenizer) -> dict[str, torch.Tensor]:
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="reads Linux's /proc/self/smaps")
 @pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor, torch.quantize_per_channel:UserWarning")
-def test_int8_gives_back_the_pages_of_the_weights_it_replaced(wide_lm):
-    model, tokenizer = load_hf_causal_lm(str(wide_lm))
+@pytest.mark.parametrize("decoding", [False, True], ids=["transformers", "anybind-llama"])
+def test_int8_gives_back_the_pages_of_the_weights_it_replaced(wide_lm, decoding):
+    model, tokenizer = load_hf_causal_lm(str(wide_lm), decoding=decoding)
     with torch.no_grad():  # a change to the embedding: tied to the head, it is read again after the head is quantized
         model.get_input_embeddings().weight[:, 0] += 1.0
         model.model.layers[0].mlp.up_proj.weight[7] *= 300  # an outlier channel of the MLP's output projection
@@ -126,7 +127,8 @@ def test_an_outlier_input_channel_is_multiplied_in_fp32():
     assert Int8Layer.from_float(linear, torch.ones(64)).outliers is None  # even peaks: every channel int8
 
 
-def test_an_unmerged_adapter_is_merged_layer_by_layer_as_it_is_quantized(wide_lm, tmp_path):
+@pytest.mark.parametrize("decoding", [False, True], ids=["transformers+peft", "anybind-llama+lora"])
+def test_an_unmerged_adapter_is_merged_layer_by_layer_as_it_is_quantized(wide_lm, tmp_path, decoding):
     from peft import LoraConfig, get_peft_model
 
     from anybind.models.backbone import apply_adapter, quiet_peft
@@ -138,7 +140,7 @@ def test_an_unmerged_adapter_is_merged_layer_by_layer_as_it_is_quantized(wide_lm
 
     logits = []
     for merge in (True, False):
-        backbone = Backbone(f"hf:{wide_lm}", *load_hf_causal_lm(str(wide_lm)))
+        backbone = Backbone(f"hf:{wide_lm}", *load_hf_causal_lm(str(wide_lm), decoding=decoding))
         apply_adapter(backbone, tmp_path / "adapter", merge=merge)
         quantize_backbone(backbone, calibration=CHAT)
         assert type(backbone.model).__name__ == "LlamaForCausalLM"
@@ -147,7 +149,7 @@ def test_an_unmerged_adapter_is_merged_layer_by_layer_as_it_is_quantized(wide_lm
                    for n in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj", "mlp.up_proj"))
         with torch.inference_mode():
             logits.append(backbone.model(input_ids=torch.tensor([[2, 50, 120, 7, 300, 11]])).logits)
-    plain = Backbone(f"hf:{wide_lm}", *load_hf_causal_lm(str(wide_lm)))
+    plain = Backbone(f"hf:{wide_lm}", *load_hf_causal_lm(str(wide_lm), decoding=decoding))
     quantize_backbone(plain, calibration=CHAT)
     with torch.inference_mode():
         unadapted = plain.model(input_ids=torch.tensor([[2, 50, 120, 7, 300, 11]])).logits

@@ -155,7 +155,9 @@ class BackboneSpec:
     Attributes:
         name: unique backbone name, e.g. ``"smollm2"``.
         factory: ``(reference) -> (model, tokenizer)``; ``reference`` is the text after
-            ``prefix:`` when the backbone claims a prefix, else ``None``.
+            ``prefix:`` when the backbone claims a prefix, else ``None``. A factory that
+            also takes ``decoding`` is passed ``decoding=True`` when the model is for
+            inference only (chat), and may return a lighter model with the same interface.
         prefix: claim references ``prefix:REST`` (``hf`` → ``hf:/path/to/model``).
     """
 

@@ -22,6 +22,7 @@ from anybind.chat.conversation import Attachment, Encoded, Turn
 from anybind.errors import CheckpointError, InputError
 from anybind.layout import DONE_NAME, ChatDir, stored_decoder_reference
 from anybind.specs import BINDING_MODALITY
+from anybind.models import lora
 from anybind.models.backbone import Backbone, apply_adapter, load_backbone
 from anybind.models.output import GenerativeOutput, sentence_boundaries, token_texts, word_tokens
 from anybind.models.projector import InputProjector
@@ -62,13 +63,15 @@ class ChatModel:
 
     @classmethod
     def from_pretrained(cls, path: Path | str, backbone: Backbone | None = None, decoder: str | None = None,
-                        instruct: bool = True, quantize: str | None = None) -> "ChatModel":
+                        instruct: bool = True, quantize: str | None = None, transformers_lm: bool = False) -> "ChatModel":
         """Load a chat model directory; ``decoder`` overrides the decoder of the output it makes.
 
         If the instruct stage ran, its LoRA adapter is merged into the backbone (a ``backbone``
         passed in is changed in place) and its projectors and outputs are used;
         ``instruct=False`` loads what align-in and align-out trained instead. ``quantize="int8"``
-        then stores the LM's linear layers as int8 for faster CPU decoding (inference only)."""
+        then stores the LM's linear layers as int8 for faster CPU decoding (inference only).
+        A Llama backbone runs as :mod:`anybind.models.llama` (no transformers model classes);
+        ``transformers_lm=True`` loads it with transformers, as training does."""
         chat = ChatDir(path)
         config = chat.config()
         bound_dir = chat.bound_dir(config)
@@ -78,7 +81,9 @@ class ChatModel:
         projectors = {name: InputProjector.from_pretrained(chat.projector(name, tuned)) for name in config.get("projectors", [])}
         if not projectors:
             raise CheckpointError(f"{chat.path}: has no trained projector; run anybind train align-in --out {chat.path}")
-        backbone = backbone or load_backbone(config["backbone"])
+        if backbone is None:
+            decoding = not transformers_lm and (not tuned or lora.plain(chat.adapter))
+            backbone = load_backbone(config["backbone"], decoding=decoding)
         if tuned:  # quantizing merges it one layer at a time (merged all at once, every fp32 weight is resident)
             apply_adapter(backbone, chat.adapter, merge=not quantize)
         if quantize:

@@ -8,11 +8,14 @@ claims ``hf:`` for any local Hugging Face causal-LM directory::
     backbone = load_backbone("hf:/models/my-llama")
 
 The backbone is frozen; stages train projectors and LoRA adapters around it, and
-:func:`apply_adapter` merges a trained adapter into it.
+:func:`apply_adapter` merges a trained adapter into it. Stages load it with transformers;
+chat (``decoding=True``) loads a Llama with :mod:`anybind.models.llama` instead, which runs
+the same weights without importing transformers' model classes.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from contextlib import contextmanager
@@ -53,7 +56,7 @@ class Backbone:
     """A frozen causal LM with its tokenizer, as a stage or chat model uses it."""
 
     reference: str
-    model: Any  # transformers PreTrainedModel with a causal-LM head
+    model: Any  # a transformers causal LM, or anybind.models.llama's (decoding=True)
     tokenizer: Any
     quantization: str | None = None  # "int8" once quantized for CPU decoding (anybind.models.quantize)
 
@@ -105,14 +108,19 @@ class Backbone:
         return self
 
 
-def load_hf_causal_lm(reference: str) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` from a local Hugging Face causal-LM directory (the ``hf:`` backbone)."""
+def load_hf_causal_lm(reference: str, decoding: bool = False) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a local Hugging Face causal-LM directory (the ``hf:`` backbone).
+    ``decoding``: for inference only, so a Llama :mod:`anybind.models.llama` reads is loaded by it."""
     path = Path(reference).expanduser()
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such model directory (hf:PATH takes a local Hugging Face causal-LM folder)")
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path}: not a Hugging Face model directory (no config.json)")
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from anybind.models import llama
+
+    if decoding and llama.readable(path):
+        return llama.LlamaForCausalLM.from_pretrained(path, default_dtype(default_device())), _tokenizer(path, auto=False)
+    from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     try:
@@ -130,12 +138,7 @@ def load_hf_causal_lm(reference: str) -> tuple[Any, Any]:
             f"{path}: a {config.model_type!r} model ({architectures}) is not a causal language model; "
             "hf:PATH needs one that transformers loads with AutoModelForCausalLM (llama, qwen2, gpt2, ...)"
         )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: has no usable tokenizer ({exc})") from None
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+    tokenizer = _tokenizer(path)
     device = default_device()
     from transformers.utils import logging as hf_logging
 
@@ -147,8 +150,24 @@ def load_hf_causal_lm(reference: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def load_backbone(reference: str) -> Backbone:
-    """Load a backbone by name (``smollm2``) or ``prefix:rest`` (``hf:/path``), frozen, in eval mode."""
+def _tokenizer(path: Path, auto: bool = True):
+    """The fast tokenizer of ``path``; ``auto=False`` reads its tokenizer.json directly, without
+    AutoTokenizer's look at the model's config (which imports torchvision; chat needs nothing else)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    try:
+        tokenizer = (AutoTokenizer if auto else PreTrainedTokenizerFast).from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: has no usable tokenizer ({exc})") from None
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+    return tokenizer
+
+
+def load_backbone(reference: str, decoding: bool = False) -> Backbone:
+    """Load a backbone by name (``smollm2``) or ``prefix:rest`` (``hf:/path``), frozen, in eval mode.
+    ``decoding``: for inference only; a factory that takes a ``decoding`` keyword is told so
+    (the built-in ones then load a Llama without transformers' model classes)."""
     if not reference:
         raise PluginError("no backbone given (e.g. smollm2 or hf:/path/to/causal-lm)")
     prefix, sep, rest = reference.partition(":")
@@ -160,7 +179,9 @@ def load_backbone(reference: str) -> Backbone:
         rest = None
     from anybind.specs import resolve
 
-    model, tokenizer = resolve(spec.factory, what=f"factory of backbone {spec.name!r}")(rest)
+    factory = resolve(spec.factory, what=f"factory of backbone {spec.name!r}")
+    takes_decoding = "decoding" in inspect.signature(factory).parameters
+    model, tokenizer = factory(rest, decoding=decoding) if takes_decoding and decoding else factory(rest)
     model = model.to(default_device()).eval().requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -171,11 +192,20 @@ def apply_adapter(backbone: Backbone, adapter_dir: Path, merge: bool = True) -> 
     """Merge a saved LoRA adapter into ``backbone``'s weights, in place (generation then costs
     what the plain backbone costs). ``merge=False`` leaves it beside them, for
     :func:`~anybind.models.quantize.quantize_backbone` to merge one layer at a time."""
-    from peft import PeftModel
-
     if not (adapter_dir / "adapter_config.json").is_file():
         raise CheckpointError(f"{adapter_dir}: no adapter_config.json (an interrupted instruct stage?); "
                               "run anybind train instruct --retrain")
+    from anybind.models import lora
+    from anybind.models.llama import LlamaForCausalLM
+
+    if isinstance(backbone.model, LlamaForCausalLM):
+        if not lora.plain(adapter_dir):
+            raise CheckpointError(f"{adapter_dir}: not a plain LoRA adapter; load the backbone without decoding=True "
+                                  "(peft applies it to transformers' model)")
+        lora.apply(backbone.model, adapter_dir, merge=merge)
+        return
+    from peft import PeftModel
+
     with quiet_peft():
         backbone.model = PeftModel.from_pretrained(backbone.model, str(adapter_dir))
         if merge:

@@ -63,12 +63,13 @@ def convert(gguf: Path, out: Path) -> Path:
     return out
 
 
-def load(reference: str | None = None):
-    """The ``smollm2`` backbone factory: ``(model, tokenizer)``, converting on first use."""
+def load(reference: str | None = None, decoding: bool = False):
+    """The ``smollm2`` backbone factory: ``(model, tokenizer)``, converting on first use
+    (``decoding``: see :func:`anybind.models.backbone.load_backbone`)."""
     target = cache_dir()
     if not (target / "model.safetensors").is_file():
         began = time.time()
         print(f"anybind: converting SmolLM2-135M-Instruct to {target} (once, ~30 s)", file=sys.stderr, flush=True)
         convert(gguf_file(), target)
         print(f"anybind: converted in {time.time() - began:.0f}s", file=sys.stderr, flush=True)
-    return load_hf_causal_lm(str(target))
+    return load_hf_causal_lm(str(target), decoding=decoding)
