@@ -150,7 +150,8 @@ def _train(stage: Stage, chat_dir: ChatDir, manifest: Manifest, rows: list[dict]
 
     accelerator, modality = stage.accelerator, spec.modality
     made_by = load_prompt_encoder(decoder, device=accelerator.device, modality=modality)  # the decoder may still train
-    chat = ChatModel.from_pretrained(chat_dir.path, instruct=False)  # the frozen LM, even after instruct
+    # the frozen LM, even after instruct; transformers' (the objective builds its DynamicCache)
+    chat = ChatModel.from_pretrained(chat_dir.path, instruct=False, transformers_lm=True)
     backbone = chat.backbone
     backbone.to(accelerator.device)
     conversations = make_conversations(manifest, rows, settings.examples, settings.seed, spec.output_prompts(), modality)

@@ -181,7 +181,8 @@ def train_instruct(manifest_path, chat_dir, settings: InstructSettings | None = 
         if not manifest.labels:
             raise InputError(manifest.path, "instruct builds its conversations from labels: the manifest has none")
         torch.manual_seed(settings.seed)
-        chat = ChatModel.from_pretrained(chat_dir.path, instruct=False)  # start from what align-in/out trained
+        # start from what align-in/out trained, on transformers' LM (peft trains its adapter)
+        chat = ChatModel.from_pretrained(chat_dir.path, instruct=False, transformers_lm=True)
         chat.backbone.to(stage.accelerator.device)
         if len(chat.outputs) > 1:  # each output needs its requests (bench/RESULTS.md, "speech out")
             scale = settings.several_outputs_scale or len(chat.outputs)
