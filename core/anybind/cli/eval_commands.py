@@ -183,8 +183,9 @@ def _print_generate(results: dict) -> None:
 @click.option("-n", "conversations", type=click.IntRange(3), default=None,
               help="Conversations to score [default: as many as the quickstart scores, 90].")
 @click.option("--seed", type=int, default=0, show_default=True)
+@int8_option
 @click.option("--json", "as_json", is_flag=True)
-def eval_conversations_command(model_dir, manifest, conversations, seed, as_json):
+def eval_conversations_command(model_dir, manifest, conversations, seed, quantize, as_json):
     """Multi-turn conversations mixing modalities: each behaviour (the current attachment, plain
     chat, making and naming what an earlier turn was about, a change of subject, several
     attachments at once) scored on its own."""
@@ -193,7 +194,7 @@ def eval_conversations_command(model_dir, manifest, conversations, seed, as_json
     from anybind.eval import evaluate_conversations, output_judge
     from anybind.eval.conversations import CONVERSATIONS
 
-    model, world = anybind.load(model_dir), read_manifest(manifest)
+    model, world = anybind.load(model_dir, quantize=quantize), read_manifest(manifest)
     results = evaluate_conversations(model, world, conversations=conversations or CONVERSATIONS, seed=seed,
                                      judge=output_judge(model, world))
     if as_json:
