@@ -354,3 +354,62 @@ def test_eval_chat_says_which_modalities_instruct_trained_on(instructed, small_w
     model.instructed_modalities = {"image"}  # as if instruct had seen images only
     result = evaluate_chat(model, small_world, limit=2, progress=False)
     assert result["image"]["instructed"] and not result["audio"]["instructed"]
+
+
+def test_a_soup_is_the_mean_of_its_adapters_and_modules(tiny_lm, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from anybind.models import lora
+    from anybind.models.backbone import load_hf_causal_lm, quiet_peft
+    from anybind.models.projector import InputProjector, InputProjectorConfig
+    from anybind.training import soup
+
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model, _ = load_hf_causal_lm(str(tiny_lm))
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"], init_lora_weights=False)
+        with quiet_peft():
+            get_peft_model(model, config).save_pretrained(tmp_path / f"adapter-{seed}")
+        InputProjector(InputProjectorConfig(embed_dim=8, lm_width=16, hidden=12)).save_pretrained(tmp_path / f"p-{seed}")
+    soup.mean_adapter([tmp_path / "adapter-0", tmp_path / "adapter-1"], tmp_path / "soup")
+    soup.mean_module([tmp_path / "p-0", tmp_path / "p-1"], tmp_path / "p-soup")
+    assert json.loads((tmp_path / "soup" / "adapter_config.json").read_text())["r"] == 8
+
+    def merged(adapter):
+        model, _ = load_hf_causal_lm(str(tiny_lm), decoding=True)
+        lora.apply(model, adapter)
+        return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    a, b, mean = merged(tmp_path / "adapter-0"), merged(tmp_path / "adapter-1"), merged(tmp_path / "soup")
+    assert any(not torch.allclose(a[n], b[n]) for n in a)
+    assert all(torch.allclose(mean[n], (a[n] + b[n]) / 2, atol=1e-6) for n in a)
+    with quiet_peft():  # peft reads it as any rank-8 adapter, to the same weights
+        from peft import PeftModel
+
+        theirs = PeftModel.from_pretrained(load_hf_causal_lm(str(tiny_lm))[0], str(tmp_path / "soup")).merge_and_unload()
+    assert all(torch.allclose(p, mean[n], atol=1e-6) for n, p in theirs.named_parameters())
+    projectors = [InputProjector.from_pretrained(tmp_path / p).state_dict() for p in ("p-0", "p-1", "p-soup")]
+    assert all(torch.allclose(projectors[2][k], (projectors[0][k] + projectors[1][k]) / 2) for k in projectors[0])
+
+
+def test_instruct_with_two_seeds_resumes_at_the_mean_and_keeps_it(drawing_chat, small_world, tmp_path, monkeypatch):
+    from anybind.training import soup
+    from anybind.training.instruct import train_instruct
+    from anybind.training.settings import InstructSettings
+
+    chat = _copy_chat(drawing_chat, tmp_path / "chat")
+    settings = InstructSettings(steps=3, batch_size=4, conversations=32, layers=1, refit_steps=5, seeds=2, progress=False)
+    failing = monkeypatch.context()
+    with failing as m:
+        m.setattr(soup, "mean_adapter", lambda *a: (_ for _ in ()).throw(RuntimeError("killed while saving the mean")))
+        with pytest.raises(RuntimeError, match="killed"):
+            train_instruct(small_world, chat, settings)
+    seeds = chat / "instruct" / "seeds"
+    assert sorted(p.name for p in seeds.iterdir()) == ["0", "1"] and (seeds / "1" / "training.json").is_file()
+    finished = [json.loads((seeds / s / "training.json").read_text()) for s in ("0", "1")]
+    record = train_instruct(small_world, chat, settings)  # both seeds kept: only the mean is made
+    assert record["seeds"] == finished and not seeds.exists()  # not trained again; gone once the mean is saved
+    adapter = json.loads((chat / "instruct" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 2 * settings.rank  # rank 2r: both seeds' updates, halved
+    model = anybind.load(chat)
+    assert model.instructed and list(model.generate("Draw a seven.", max_new_tokens=4))[-1].type == "done"

@@ -215,8 +215,10 @@ def train_align_out_command(manifest, model_dir, decoder, steps, batch_size, lr,
               help="After the adapters, each output projector trains this many steps on the adapted LM's states (0: not).")
 @click.option("--retrain", is_flag=True, help="Train again even if already trained.")
 @click.option("--seed", type=int, default=InstructSettings.seed, show_default=True)
+@click.option("--seeds", type=click.IntRange(1), default=InstructSettings.seeds, show_default=True,
+              help="Train this many times (seeds SEED, SEED+1, ...) and keep the mean: steadier gates, N times the time.")
 def train_instruct_command(manifest, model_dir, steps, several_outputs_scale, batch_size, lr, rank, layers, conversations,
-                           image_output_lr_scale, train_projectors, refit_steps, retrain, seed):
+                           image_output_lr_scale, train_projectors, refit_steps, retrain, seed, seeds):
     """LoRA on the LM, with the projectors, over multi-turn conversations in every modality."""
     from anybind.training.instruct import train_instruct
 
@@ -225,10 +227,11 @@ def train_instruct_command(manifest, model_dir, steps, several_outputs_scale, ba
     settings = InstructSettings(steps=steps, several_outputs_scale=several_outputs_scale, batch_size=batch_size, lr=lr,
                                 rank=rank, layers=layers,
                                 conversations=conversations, image_output_lr_scale=image_output_lr_scale,
-                                train_projectors=train_projectors, refit_steps=refit_steps, seed=seed)
+                                train_projectors=train_projectors, refit_steps=refit_steps, seed=seed, seeds=seeds)
     r = train_instruct(manifest, model_dir, settings, retrain=retrain)
     if not r.get("skipped"):
-        click.echo(f"instruct: {r['conversations']} conversations, {r['steps']} steps in {r['seconds']:.1f}s "
+        times = f" x {len(r['seeds'])} seeds, kept as their mean," if r.get("seeds") else ""
+        click.echo(f"instruct: {r['conversations']} conversations, {r['steps']} steps{times} in {r['seconds']:.1f}s "
                    f"({r['trainable_parameters']:,} trainable parameters)")
     click.echo(f"Chat model: {model_dir}  (next: anybind chat \"Draw a seven, then tell me what comes after it.\" --model {model_dir})")
 

@@ -25,9 +25,10 @@ Saved into the chat model directory, beside what the earlier stages wrote (left 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import random
+import shutil
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ from anybind.chat.model import ChatModel
 from anybind.chat.outputs import OutputVocab
 from anybind.data.manifest import Manifest, read_manifest
 from anybind.errors import InputError
-from anybind.layout import DONE_NAME, ChatDir, decoder_reference_for
+from anybind.layout import DONE_NAME, ChatDir, decoder_reference_for, output_dir_name
 from anybind.models.decoders import load_prompt_encoder, parse_reference
 from anybind.models.space import embed_rows
 from anybind.training.dialogues import OWN, Dialogue, encode_dialogue, make_dialogues
@@ -164,7 +165,10 @@ def is_instructed(chat_dir) -> bool:
 
 
 def train_instruct(manifest_path, chat_dir, settings: InstructSettings | None = None, retrain: bool = False) -> dict:
-    """LoRA-tune the chat model in ``chat_dir`` (after align-in, and align-out if it makes outputs)."""
+    """LoRA-tune the chat model in ``chat_dir`` (after align-in, and align-out if it makes outputs).
+    With ``settings.seeds`` > 1, it trains that many times from the same start, seeds ``seed``,
+    ``seed + 1``, ..., and keeps their mean (:mod:`anybind.training.soup`); each finished seed is
+    kept until the mean is saved, so an interrupted soup resumes at the seed it stopped in."""
     settings = settings or InstructSettings()
     chat_dir = ChatDir(chat_dir)
     chat_dir.config()  # a chat model directory, or a clear error
@@ -180,28 +184,77 @@ def train_instruct(manifest_path, chat_dir, settings: InstructSettings | None = 
         manifest = read_manifest(manifest_path)
         if not manifest.labels:
             raise InputError(manifest.path, "instruct builds its conversations from labels: the manifest has none")
-        torch.manual_seed(settings.seed)
-        # start from what align-in/out trained, on transformers' LM (peft trains its adapter)
-        chat = ChatModel.from_pretrained(chat_dir.path, instruct=False, transformers_lm=True)
-        chat.backbone.to(stage.accelerator.device)
-        if len(chat.outputs) > 1:  # each output needs its requests (bench/RESULTS.md, "speech out")
-            scale = settings.several_outputs_scale or len(chat.outputs)
-            settings = replace(settings, steps=settings.steps * scale, conversations=settings.conversations * scale)
-        dialogues, attachments = _dialogues(chat, manifest, settings, settings.progress and stage.is_main)
-        record, peft_model = _train(stage, chat, dialogues, attachments, settings)
-
-        def save():
-            peft_model.save_pretrained(str(chat_dir.adapter))
-            for name, projector in chat.projectors.items():
-                projector.save_pretrained(chat_dir.projector(name, tuned=True))
-            for modality, output in chat.outputs.items():
-                output.config.decoder = decoder_reference_for(chat_dir.path, chat.decoder_reference(modality))
-                output.save_pretrained(chat_dir.output(modality, tuned=True))
-
+        seeds = _seeds_dir(chat_dir)
+        if retrain:
+            shutil.rmtree(seeds, ignore_errors=True)
+        if settings.seeds <= 1:
+            record, save = _train_seed(stage, chat_dir, manifest, settings)
+        else:
+            record, save = _train_soup(stage, chat_dir, manifest, settings)
         stage.finish(record, save)
+        shutil.rmtree(seeds, ignore_errors=True)
         if stage.is_main:
             chat_dir.update(instruct=chat_dir.instruct.name)
     return record
+
+
+def _seeds_dir(chat_dir: ChatDir) -> Path:
+    return chat_dir.instruct / "seeds"
+
+
+def _train_seed(stage: Stage, chat_dir: ChatDir, manifest: Manifest, settings: InstructSettings,
+                root: Path | None = None):
+    """One training: its record, and a function that saves its parts under ``root`` (default:
+    the instruct folder the chat model loads them from)."""
+    torch.manual_seed(settings.seed)
+    # start from what align-in/out trained, on transformers' LM (peft trains its adapter)
+    chat = ChatModel.from_pretrained(chat_dir.path, instruct=False, transformers_lm=True)
+    chat.backbone.to(stage.accelerator.device)
+    if len(chat.outputs) > 1:  # each output needs its requests (bench/RESULTS.md, "speech out")
+        scale = settings.several_outputs_scale or len(chat.outputs)
+        settings = replace(settings, steps=settings.steps * scale, conversations=settings.conversations * scale)
+    dialogues, attachments = _dialogues(chat, manifest, settings, settings.progress and stage.is_main)
+    record, peft_model = _train(stage, chat, dialogues, attachments, settings)
+    root = root or chat_dir.instruct
+
+    def save():
+        peft_model.save_pretrained(str(root / chat_dir.adapter.name))
+        for name, projector in chat.projectors.items():
+            projector.save_pretrained(root / "projectors" / name)
+        for modality, output in chat.outputs.items():
+            output.config.decoder = decoder_reference_for(chat_dir.path, chat.decoder_reference(modality))
+            output.save_pretrained(root / output_dir_name(modality))
+
+    return record, save
+
+
+def _train_soup(stage: Stage, chat_dir: ChatDir, manifest: Manifest, settings: InstructSettings):
+    """``settings.seeds`` trainings (each its own resumable part), and a function that saves their mean."""
+    from anybind.training import soup
+
+    roots, records = [], []
+    for seed in range(settings.seed, settings.seed + settings.seeds):
+        root = _seeds_dir(chat_dir) / str(seed)
+        part = Stage("instruct", f"lora, seed {seed}", chat_dir.path, done=root / DONE_NAME,
+                     progress=chat_dir.progress(f"instruct-seed-{seed}"), metrics=chat_dir.metrics,
+                     accelerator=stage.accelerator)
+        if part.done and set(part.record().get("outputs", ())) == set(chat_dir.outputs()):  # an interrupted soup's
+            say(stage.accelerator, f"instruct: seed {seed} already trained ({root}); the next")
+            records.append(part.record())
+        else:
+            say(stage.accelerator, f"instruct: seed {seed} ({seed - settings.seed + 1} of {settings.seeds})")
+            records.append(part.finish(*_train_seed(part, chat_dir, manifest, replace(settings, seed=seed), root)))
+        roots.append(root)
+    numbers = {k for k, v in records[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    record = {**records[0], **{k: round(sum(r[k] for r in records) / len(records), 5) for k in numbers},
+              "seconds": round(sum(r["seconds"] for r in records), 2), "seeds": records}
+
+    def save():
+        soup.mean_adapter([r / chat_dir.adapter.name for r in roots], chat_dir.adapter)
+        for part in sorted({p.parent.relative_to(roots[0]) for p in roots[0].glob("**/config.json")}):
+            soup.mean_module([r / part for r in roots], chat_dir.instruct / part)
+
+    return record, save
 
 
 def _dialogues(chat: ChatModel, manifest: Manifest, settings: InstructSettings, progress: bool):

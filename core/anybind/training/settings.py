@@ -107,5 +107,9 @@ class InstructSettings:
     refit_batch_size: int = 32
     refit_lr: float = 1e-3
     seed: int = 0
+    # Trained this many times (seeds seed, seed + 1, ...) and kept as the mean (anybind.training.soup):
+    # the gates are what a seed decides most, and the mean of two held where either one failed
+    # (bench/RESULTS.md, "instruct: a soup of seeds"). Each seed costs a whole training.
+    seeds: int = 1
     save_every: int = 50
     progress: bool = True
