@@ -192,8 +192,8 @@ def train_instruct(manifest_path, chat_dir, settings: InstructSettings | None = 
         else:
             record, save = _train_soup(stage, chat_dir, manifest, settings)
         stage.finish(record, save)
-        shutil.rmtree(seeds, ignore_errors=True)
         if stage.is_main:
+            shutil.rmtree(seeds, ignore_errors=True)  # each seed's parts, now in the mean
             chat_dir.update(instruct=chat_dir.instruct.name)
     return record
 
@@ -245,7 +245,7 @@ def _train_soup(stage: Stage, chat_dir: ChatDir, manifest: Manifest, settings: I
             say(stage.accelerator, f"instruct: seed {seed} ({seed - settings.seed + 1} of {settings.seeds})")
             records.append(part.finish(*_train_seed(part, chat_dir, manifest, replace(settings, seed=seed), root)))
         roots.append(root)
-    numbers = {k for k, v in records[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numbers = {k for k in records[0] if all(isinstance(r.get(k), (int, float)) and not isinstance(r[k], bool) for r in records)}
     record = {**records[0], **{k: round(sum(r[k] for r in records) / len(records), 5) for k in numbers},
               "seconds": round(sum(r["seconds"] for r in records), 2), "seeds": records}
 
