@@ -115,3 +115,17 @@ def test_decoding_imports_none_of_transformers_model_classes(tiny_lm):
             " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_its_end_of_turn_comes_from_the_config_without_a_generation_config(tiny_lm, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_lm, bare)
+    (bare / "generation_config.json").unlink(missing_ok=True)
+    ours = Backbone("o", *load_hf_causal_lm(str(bare), decoding=True))
+    theirs = Backbone("t", *load_hf_causal_lm(str(tiny_lm)))
+    assert ours.stop_ids == theirs.stop_ids and ours.stop_ids
+    config = json.loads((bare / "config.json").read_text())
+    del config["hidden_size"]
+    (bare / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"bare/config.json: not a complete Llama config"):
+        load_hf_causal_lm(str(bare), decoding=True)

@@ -251,10 +251,15 @@ class LlamaForCausalLM(nn.Module):
         from safetensors import safe_open
 
         directory = Path(directory)
-        config = LlamaConfig.from_dict(json.loads((directory / "config.json").read_text()))
-        generation = directory / "generation_config.json"
-        generation = SimpleNamespace(**json.loads(generation.read_text())) if generation.is_file() else None
-        model = cls(config, generation, device="meta")  # no memory until the file's weights are put in
+        raw = json.loads((directory / "config.json").read_text())
+        try:
+            config = LlamaConfig.from_dict(raw)
+        except TypeError as exc:  # a required size missing
+            raise CheckpointError(f"{directory / 'config.json'}: not a complete Llama config ({exc})") from None
+        generation = {"eos_token_id": raw.get("eos_token_id")}  # as transformers derives it without the file
+        if (directory / "generation_config.json").is_file():
+            generation.update(json.loads((directory / "generation_config.json").read_text()))
+        model = cls(config, SimpleNamespace(**generation), device="meta")  # no memory until the file's weights are put in
         path = directory / WEIGHTS_NAME
         try:
             with safe_open(str(path), framework="pt") as file:
