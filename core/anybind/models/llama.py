@@ -249,7 +249,7 @@ class LlamaForCausalLM(nn.Module):
     def from_pretrained(cls, directory: Path | str, dtype: torch.dtype = torch.float32) -> "LlamaForCausalLM":
         """From a transformers Llama directory. In its own dtype the weights stay views of the
         memory-mapped file (read on first use, and int8 quantization gives their pages back)."""
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         directory = Path(directory)
         raw = json.loads((directory / "config.json").read_text())
@@ -265,7 +265,7 @@ class LlamaForCausalLM(nn.Module):
         try:
             with safe_open(str(path), framework="pt") as file:
                 weights = {name: file.get_tensor(name).to(dtype) for name in file.keys()}
-        except Exception as exc:  # safetensors raises its own error types for a damaged file
+        except (SafetensorError, OSError) as exc:  # as anybind.persistence.load_model_dir catches
             raise CheckpointError(f"{path}: cannot read the LM's weights ({exc})") from None
         if config.tie_word_embeddings:
             weights.pop("lm_head.weight", None)

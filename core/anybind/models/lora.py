@@ -61,6 +61,7 @@ class LoRALinear(nn.Module):
 def apply(model: nn.Module, adapter_dir: Path, merge: bool = True) -> None:
     """Merge the adapter in ``adapter_dir`` into ``model``'s layers, in place, or (``merge=False``)
     put each adapted layer in a :class:`LoRALinear`."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     adapter_dir = Path(adapter_dir)
@@ -69,7 +70,7 @@ def apply(model: nn.Module, adapter_dir: Path, merge: bool = True) -> None:
     scaling = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
     try:
         weights = load_file(str(adapter_dir / WEIGHTS_NAME))
-    except Exception as exc:  # safetensors raises its own error types for a damaged file
+    except (SafetensorError, OSError) as exc:  # as anybind.persistence.load_model_dir catches
         raise CheckpointError(f"{adapter_dir / WEIGHTS_NAME}: cannot read the adapter ({exc})") from None
     layers = sorted({key.removeprefix(_PREFIX).rsplit(".lora_", 1)[0] for key in weights if ".lora_" in key})
     if not layers:
