@@ -94,9 +94,11 @@ def _score(step: Step, text: str, outputs: list, judge, manifest: Manifest) -> b
 
 
 def evaluate_conversations(model, manifest: Manifest, *, conversations: int = CONVERSATIONS, seed: int = 0, judge=None,
-                           max_new_tokens: int = 40, per_modality: int = 30, progress: bool = False) -> dict:
+                           max_new_tokens: int = 40, per_modality: int = 30, progress: bool = False,
+                           failures: int = 6) -> dict:
     """Accuracy of each behaviour over ``conversations`` held-out conversations (see the module
-    docstring); ``judge`` (a :class:`~anybind.eval.judge.Judge`) scores the outputs."""
+    docstring); ``judge`` (a :class:`~anybind.eval.judge.Judge`) scores the outputs; the first
+    ``failures`` wrong answers are kept as examples."""
     from tqdm.auto import tqdm
 
     from anybind.models.decoders import parse_reference
@@ -119,9 +121,10 @@ def evaluate_conversations(model, manifest: Manifest, *, conversations: int = CO
             ok = _score(step, answer.text, answer.outputs if step.behaviour == "plain" else judged, judge, manifest)
             scores[step.behaviour].append(ok)
             histories[i] = conversation + [Turn("assistant", answer.text, _made(model, answer))]
-            if len(examples) < 6 and not ok:
+            if len(examples) < failures and not ok:
                 examples.append({"behaviour": step.behaviour, "asked": step.text, "expected": list(step.labels),
-                                 "answer": answer.text, "outputs": len(answer.outputs)})
+                                 "answer": answer.text, "outputs": len(answer.outputs),
+                                 "earlier": [list(s.labels) for s in scripts[i][:turn]]})
     result = {b: round(sum(v) / len(v), 4) for b, v in scores.items() if v}
     return {"behaviours": result, "n": {b: len(v) for b, v in scores.items() if v}, "conversations": len(scripts),
             "failures": examples}
