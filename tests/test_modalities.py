@@ -55,6 +55,22 @@ def test_audio_encoder_tokens_and_augmentation():
     assert torch.equal(encoder(**batch).tokens, out.tokens)  # deterministic in eval
 
 
+def test_audio_tempo_changes_length_and_keeps_pitch():
+    """A fast low voice is heard in training: the tempo changes on its own, the pitch stays."""
+    from anybind_audio.encoder import time_stretch
+
+    t = np.arange(8000) / 16000
+    tone = torch.from_numpy(np.sin(2 * np.pi * 440 * t).astype(np.float32)) * torch.hann_window(8000)
+    for rate in (0.75, 1.4):
+        fast = time_stretch(tone, rate)
+        assert len(fast) == round(8000 / rate)
+        peak = np.fft.rfftfreq(len(fast), 1 / 16000)[np.abs(np.fft.rfft(fast.numpy())).argmax()]
+        assert abs(peak - 440) < 5
+    only_tempo = AudioEncoder(AudioEncoderConfig(tempo_share=1.0, tempo=(1.4, 1.4), speed=(1.0, 1.0), narrowband=0.0))
+    batch = only_tempo.collate([only_tempo.preprocess(_raw(0.5))])
+    assert int(only_tempo.augment(batch)["length"][0]) == round(int(batch["length"][0]) / 1.4)
+
+
 def _raw(seconds):
     return Audio(_tone(16000, seconds), 16000)
 
