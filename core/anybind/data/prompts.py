@@ -79,8 +79,18 @@ CHAT = ("What is 2+3?", "Give me a friendly greeting.", "Name a color.", "What i
 #: instruct), held-out ones like "Wish my brother a happy birthday in one sentence." were answered
 #: "Here is a handwritten three.", 3 in 10 alone and 7 in 10 after talk about an attachment
 #: (bench/RESULTS.md, "instruct: everyday requests from parts").
+#: Many verbs, each seen a few times: with the fourteen first ones only, an unfamiliar verb ("Greet
+#: me in one sentence.", the multi-turn evaluation's, never trained on) was answered with a drawing
+#: 14 times in 15. A verb that is not an output's is what these teach, not a list to learn by heart.
 ADDRESSED_VERBS = ("Congratulate", "Reassure", "Advise", "Motivate", "Comfort", "Invite", "Console", "Inspire",
-                   "Entertain", "Calm", "Warn", "Write a note for", "Write a greeting for", "Send thanks to")
+                   "Entertain", "Calm", "Warn", "Write a note for", "Write a greeting for", "Send thanks to",
+                   "Thank", "Encourage", "Praise", "Compliment", "Teach", "Remind", "Apologise to",
+                   "Wish luck to", "Introduce yourself to", "Applaud", "Forgive", "Reply to", "Write to",
+                   "Write a toast for", "Write a limerick for", "Guide", "Help", "Coach", "Amuse", "Surprise",
+                   "Cheer on", "Celebrate with", "Welcome back", "Wish well", "Tell a joke to", "Give advice to",
+                   "Recommend a book to", "Explain fractions to", "Persuade", "Convince", "Toast", "Bid goodnight to",
+                   "Wish a happy birthday to", "Flatter", "Tease", "Honour", "Quiz", "Challenge", "Interview",
+                   "Bless", "Soothe", "Befriend")
 ADDRESSED_TO = ("me", "my cousin", "my parents", "my team", "my neighbour", "the new student", "my uncle", "the players",
                 "my coworker", "our class")
 ADDRESSED_HOW = ("", " in one sentence", " in one line", " briefly", " warmly", " in a few words", " kindly",
@@ -93,7 +103,7 @@ ONE_THING = ("idea for a party", "way to relax", "tip for learning to swim", "sn
 
 
 def addressed_request(rng) -> str:
-    """An everyday request from the parts above (1,512 different ones)."""
+    """An everyday request from the parts above (about 6,000 different ones)."""
     if rng.random() < 0.5:
         return f"{rng.choice(ADDRESSED_VERBS)} {rng.choice(ADDRESSED_TO)}{rng.choice(ADDRESSED_HOW)}."
     one, thing = rng.choice(ONE_OF), rng.choice(ONE_THING)
@@ -122,6 +132,25 @@ SAY_AGAIN = ("Which {kind} was that?", "What was that one again?", "Which one wa
              "So which {kind} was that one?", "Going back to the attachment: which {kind} was it?",
              "Which {kind} was in it?", "What did I send you just now?", "What {kind} did the attachment show?",
              "Recall which {kind} that was.", "What was in my previous message?")
+#: ...or made up from parts ("What did my previous upload show?"): asked with twenty fixed ones only,
+#: "Which digit was in my last attachment?" (the evaluation's) was answered with a digit of no
+#: attachment, 5 times in 10: the words that point back were not yet what the answer followed.
+#: ("last" is left to the evaluation.)
+AGAIN_ASK = ("Which {kind} was in", "What was in", "What {kind} did you see in", "What did", "Which {kind} did",
+             "Tell me which {kind} was in", "Can you tell me again what was in", "Once more, what was in")
+AGAIN_WHAT = ("my previous file", "the file I sent before", "my earlier attachment", "the most recent file I sent",
+              "my previous upload", "the attachment from before", "the recording or picture I sent", "my earlier message",
+              "the thing I sent a moment ago", "what I sent earlier", "my most recent attachment", "the file from earlier")
+
+
+def again_question(rng, kind: str) -> str:
+    """A question about the last attachment, asked again (one of :data:`SAY_AGAIN`, or made up from parts)."""
+    if rng.random() < 0.5:
+        return rng.choice(SAY_AGAIN).format(kind=kind)
+    ask, what = rng.choice(AGAIN_ASK).format(kind=kind), rng.choice(AGAIN_WHAT)
+    return f"{ask} {what} show?" if ask.endswith("did") else f"{ask} {what}?"
+
+
 #: Questions about several attachments at once, answered with each one's label in order.
 SEVERAL = ("What are these?", "What {kind}s do these show?", "What do these show?", "Name each of these.",
            "What is in these attachments?")
