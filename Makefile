@@ -20,6 +20,9 @@ STAMP := $(VENV)/.anybind-setup
 # is not reachable): installed with apt-get when root; elsewhere that test skips and says why.
 BROWSER := $(VENV)/.anybind-browser
 PYTEST_ARGS ?=
+# What a fresh .venv takes on disk (torch's wheels are CUDA builds: 6.3 GB in all), checked before
+# installing so that a full disk says so instead of pip's "No space left on device" half-way.
+NEEDED_GB := 7
 
 .PHONY: quickstart test setup clean-venv
 
@@ -37,6 +40,9 @@ test: $(STAMP) $(BROWSER)
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml $(CONSTRAINTS) registry.yaml Makefile $(wildcard plugins/*/pyproject.toml)
+	@free=$$(df -Pk . 2>/dev/null | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	if [ -n "$$free" ] && [ "$$free" -lt $(NEEDED_GB) ]; then \
+	  echo "==> set-up needs about $(NEEDED_GB) GB free here for .venv (the torch stack); $$free GB are: free some and run again" >&2; exit 1; fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "==> installing the torch stack, anybind and its first-party plugins into $(VENV) (a few minutes, once)"
 	$(INSTALL) setuptools wheel

@@ -95,3 +95,9 @@ def test_the_multi_turn_evaluation_runs_every_behaviour(drawing_chat, small_worl
     assert set(result["behaviours"]) == set(BEHAVIOURS)
     assert all(0.0 <= v <= 1.0 for v in result["behaviours"].values())
     assert result["n"]["current"] >= 3 and result["conversations"] == 3
+    # every wrong answer kept when asked (a tiny model gets most wrong), each with the labels of the turns before it
+    again = evaluate_conversations(model, world, conversations=3, max_new_tokens=8, per_modality=6,
+                                   judge=output_judge(model, world), failures=100)
+    wrong = sum(round((1 - v) * again["n"][b]) for b, v in again["behaviours"].items())
+    assert wrong > 6 and len(again["failures"]) == wrong
+    assert all(len(f["earlier"]) < 5 for f in again["failures"]) and any(f["earlier"] for f in again["failures"])
