@@ -8,7 +8,8 @@
   attachment, "Which digit did you draw?" after the model's own output, "Name it in one word."
   or "Which one was it?";
 * plain chat, answered by the frozen LM's own words (so the adapters keep its manners), most
-  of it after a question about an attachment (whose subject must not leak into the answer);
+  of it right after a question about an attachment (whose subject must not leak into the
+  answer, and which is no request to make anything);
   or, as often, a request for a sentence about a label alone ("Write one sentence about the
   number four."), answered with the sentence a request to "..., then draw it" starts with, and
   no output: the two differ only in the request's output verb, which is what opens a gate;
@@ -46,6 +47,12 @@ SEVERAL_SHARE = 0.75
 #: output too, and "Write one sentence about the number four." was answered with speech. At 0.5,
 #: plain chat was a sixteenth of all conversations; at 0.35 (a twelfth) the sentence alone still held.
 WRITE_ONLY_SHARE = 0.35
+#: The share of kind-0 conversations whose question about an attachment is followed by plain chat
+#: (the answer the frozen LM's own). With plain chat after an attachment only 4% of conversations
+#: and "Now draw it." after one 12%, unfamiliar requests after an attachment ("Salute me in one
+#: sentence.", "Recite a proverb.") were answered "Here is a handwritten seven." 0.77-0.84 of the
+#: time; 0.33 in one retrain with this (bench/RESULTS.md).
+PLAIN_AFTER = 0.4
 #: With several outputs, the share of earlier exchanges that asked for a sentence and every output.
 EVERY_OUTPUT_EARLIER = 0.3
 
@@ -121,6 +128,8 @@ def _dialogue(manifest: Manifest, kind: int, label: str, output: str | None, poo
     caption = manifest.caption(output or BINDING_MODALITY, label)
     fill = manifest.fill(label, caption)
     prompts = outputs.get(output)
+    if kind == 0 and rng.random() < PLAIN_AFTER:  # plain chat right after a question about an attachment
+        return Dialogue(_asked(manifest, *rng.choice(pool), rng, plain=0) + [_plain(fill, rng)], [("own", "")]), label
     if kind == 0 or (kind == 1 and rng.random() >= SEVERAL_SHARE):  # a question about an attachment of any modality
         attachment, label = rng.choice(pool)
         return Dialogue([Turn("user", manifest.ask(rng), [attachment])], [("text", manifest.answer_for(label))]), label
@@ -155,14 +164,17 @@ def _dialogue(manifest: Manifest, kind: int, label: str, output: str | None, poo
             ask, answer = rng.choice(FOLLOW_NAME), sentence(label)
         else:
             ask, answer = again_question(rng, manifest.kind or "one"), manifest.answer_for(label)
-        return Dialogue(_asked(manifest, attachment, label, rng) + [Turn("user", ask)], [("text", answer)]), label
+        history = _asked(manifest, attachment, label, rng)
+        if rng.random() < 0.5:  # after another attachment: the *last* one is the one asked about
+            other, other_label = rng.choice([p for p in pool if p[1] != label] or pool)
+            history = [Turn("user", manifest.ask(rng), [other]), Turn("assistant", manifest.answer_for(other_label))] + history
+        return Dialogue(history + [Turn("user", ask)], [("text", answer)]), label
     if rng.random() < WRITE_ONLY_SHARE:  # a sentence about the label, and no output
         ask = rng.choice(WRITE_ONLY).format(**fill)
         return Dialogue([Turn("user", ask)], [("text", about(manifest, label, caption, rng))]), label
-    # plain chat: the frozen LM's own answer, mostly after talk about an attachment (the answer is
-    # the same: earlier talk must not leak into it, and a request after an attachment is not
-    # "Now draw it."). Not after an answer that made an output: that taught the gate to stay shut
-    # after a drawing (bench/RESULTS.md).
+    # plain chat: the frozen LM's own answer, half the time after talk about an attachment (the
+    # answer is the same: earlier talk must not leak into it). Not after an answer that made an
+    # output: that taught the gate to stay shut after a drawing (bench/RESULTS.md).
     history = _asked(manifest, *rng.choice(pool), rng, plain=0) if rng.random() < 0.75 else []
     return Dialogue(history + [_plain(fill, rng)], [("own", "")]), label
 
