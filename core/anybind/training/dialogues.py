@@ -51,7 +51,7 @@ WRITE_ONLY_SHARE = 0.35
 #: (the answer the frozen LM's own). With plain chat after an attachment only 4% of conversations
 #: and "Now draw it." after one 12%, unfamiliar requests after an attachment ("Salute me in one
 #: sentence.", "Recite a proverb.") were answered "Here is a handwritten seven." 0.77-0.84 of the
-#: time; 0.33 in one retrain with this (bench/RESULTS.md).
+#: time; with this 0.32 in one retrain (0.72 in one at 0.6) and 0.59 in the d2ae6bf clone's soup.
 PLAIN_AFTER = 0.4
 #: With several outputs, the share of earlier exchanges that asked for a sentence and every output.
 EVERY_OUTPUT_EARLIER = 0.3
@@ -172,9 +172,9 @@ def _dialogue(manifest: Manifest, kind: int, label: str, output: str | None, poo
     if rng.random() < WRITE_ONLY_SHARE:  # a sentence about the label, and no output
         ask = rng.choice(WRITE_ONLY).format(**fill)
         return Dialogue([Turn("user", ask)], [("text", about(manifest, label, caption, rng))]), label
-    # plain chat: the frozen LM's own answer, half the time after talk about an attachment (the
-    # answer is the same: earlier talk must not leak into it). Not after an answer that made an
-    # output: that taught the gate to stay shut after a drawing (bench/RESULTS.md).
+    # plain chat: the frozen LM's own answer, mostly after talk about an attachment (the answer
+    # is the same: earlier talk must not leak into it). Not after an answer that made an output:
+    # that taught the gate to stay shut after a drawing (bench/RESULTS.md).
     history = _asked(manifest, *rng.choice(pool), rng, plain=0) if rng.random() < 0.75 else []
     return Dialogue(history + [_plain(fill, rng)], [("own", "")]), label
 

@@ -178,8 +178,9 @@ class AudioEncoder(ReferencedTrunk, ModalityEncoder):
 
     def augment(self, batch):
         """A random speed (``speed``: voices speak slower or faster, and higher or lower), for some
-        a tempo of its own (``tempo_share``, ``tempo``: same pitch), placement in the window, gain, a lower recording rate for some (``narrowband``), and white or low-passed
-        noise at a random SNR."""
+        a tempo of its own (``tempo_share``, ``tempo``: same pitch), placement in the window, gain,
+        a lower recording rate for some (``narrowband``), and white or low-passed noise at a
+        random SNR."""
         import torchaudio
 
         wave, length = batch["wave"], batch["length"].clone()
