@@ -241,6 +241,39 @@ def test_a_word_never_follows_itself_in_an_answer(drawing_chat):
     assert model.words.shape == (V,)
 
 
+def test_an_answer_that_begins_as_if_it_drew_and_draws_nothing_is_decoded_again(drawing_chat, tmp_path):
+    """The answers of a model that never draws, with its opening ("Here is") set to how the tiny
+    LM's first answer begins: that answer is decoded again without its first token, the same in
+    batch and streamed (and nothing of the first try is streamed); the others are left as they were."""
+    from anybind.chat.batch import greedy_answers
+    from anybind.chat.outputs import broke_promise, promised
+
+    model = anybind.load(drawing_chat)
+    model.output("image").set_logit_offset(-1e4)
+    prompts = ["Draw a seven.", "What is this?", "Hello there."]
+    conversations = [model.conversation(p) for p in prompts]
+    model.opener = "\x00 begins no answer"
+    before = [a.text for a in greedy_answers(model, conversations, max_new_tokens=8, make=True)]
+    tokenizer = model.backbone.tokenizer
+    model.opener = tokenizer.decode(tokenizer(before[0], add_special_tokens=False)["input_ids"][:1])
+    assert broke_promise(before[0], 0, model.opener) and not broke_promise(before[0], 1, model.opener)
+    after = [a.text for a in greedy_answers(model, conversations, max_new_tokens=8, make=True)]
+    assert not after[0].startswith(model.opener) and after[0]
+    assert [b for b, a in zip(before, after) if not b.startswith(model.opener)] == \
+        [a for b, a in zip(before, after) if not b.startswith(model.opener)]
+    assert after[0] == greedy_answers(model, conversations[:1], max_new_tokens=8, make=True)[0].text
+    events = list(model.generate(prompts[0], max_new_tokens=8))
+    streamed = "".join(e.text for e in events if e.type == "text")
+    assert streamed == events[-1].text and streamed.strip() == after[0]
+    assert promised("", "Here is") and promised(" Here", "Here is") and promised("Here is a seven.", "Here is")
+    assert not promised("Hello", "Here is") and not broke_promise("Hello.", 0, "Here is")
+    # an answer that draws as it began to is never decoded again
+    drawing = ChatModel.from_pretrained(always_draws(drawing_chat, tmp_path / "draws"))
+    drawing.opener = ""
+    events = list(drawing.generate(prompts[0], max_new_tokens=6, max_images=1))
+    assert [e.type for e in events][0] == "image" and events[-1].usage["images"] == 1
+
+
 def test_eval_generate_prints_each_part_with_its_own_examples(drawing_chat, small_world, tmp_path):
     """A model that always draws: every request for a sentence is answered with a drawing, so both
     the write-then-draw and the words-alone lines have examples, each printed under its own line."""

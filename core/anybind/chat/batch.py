@@ -15,7 +15,7 @@ import torch
 from anybind.chat.conversation import PrefixCache, Turn, encode, input_embeddings, split_prefix
 from anybind.chat.decode import decode_text, decode_with_outputs
 from anybind.chat.events import SamplingOptions
-from anybind.chat.outputs import OutputStates, OutputVocab, pad_contexts
+from anybind.chat.outputs import OutputStates, OutputVocab, broke_promise, pad_contexts
 
 
 @dataclass
@@ -60,6 +60,20 @@ def greedy_answers(model, conversations: Sequence[list[Turn]], *, max_new_tokens
 
 def _with_outputs(model, embeds, mask, request_starts: list[int], max_new_tokens: int, seed: int, steps: int | None,
                   max_outputs: int) -> list[Answer]:
+    """Answers that may make outputs; one that began as if it made one and made none is decoded
+    again without that beginning (:func:`~anybind.chat.outputs.broke_promise`), as chat streams it."""
+    answers = _decode_making(model, embeds, mask, request_starts, max_new_tokens, seed, steps, max_outputs)
+    again = [row for row, a in enumerate(answers) if broke_promise(a.text, len(a.outputs), model.opener)]
+    if again:
+        redone = _decode_making(model, embeds[again], mask[again], [request_starts[row] for row in again],
+                                max_new_tokens, seed, steps, max_outputs, not_first=model.opener_start())
+        for row, answer in zip(again, redone):
+            answers[row] = answer
+    return answers
+
+
+def _decode_making(model, embeds, mask, request_starts: list[int], max_new_tokens: int, seed: int, steps: int | None,
+                   max_outputs: int, not_first: torch.Tensor | None = None) -> list[Answer]:
     backbone = model.backbone
     vocab = OutputVocab(list(model.outputs.values()), backbone.vocab_size)
     tracker = OutputStates(vocab, mask, request_starts)
@@ -67,7 +81,7 @@ def _with_outputs(model, embeds, mask, request_starts: list[int], max_new_tokens
     pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
     for token, hidden in decode_with_outputs(backbone.model, embeds, mask, SamplingOptions(max_new_tokens),
                                              backbone.stop_ids, vocab, max_outputs=max_outputs, boundaries=model.boundaries,
-                                             words=model.words):
+                                             words=model.words, not_first=not_first):
         pending += tracker.push(token, hidden)
         for row, token_id in enumerate(token.tolist()):
             ids[row].append(token_id)

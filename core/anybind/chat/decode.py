@@ -36,9 +36,10 @@ class _Steps:
     """What both loops share: the sampler's generator, positions, the growing mask and stopping."""
 
     def __init__(self, attention_mask: torch.Tensor, options: SamplingOptions, stop_ids, device,
-                 words: torch.Tensor | None = None):
+                 words: torch.Tensor | None = None, not_first: torch.Tensor | None = None):
         self.options = options
         self.words = words.to(device) if words is not None else None  # see models.output.word_tokens
+        self.not_first = not_first.to(device) if not_first is not None else None  # ids no answer begins with
         self.last: torch.Tensor | None = None
         self.generator = None
         if options.seed is not None:
@@ -51,6 +52,9 @@ class _Steps:
         self.step = 0
 
     def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.not_first is not None and self.step == 0:
+            logits = logits.clone()
+            logits[:, self.not_first] = float("-inf")
         if self.words is not None and self.last is not None:  # a word never follows itself
             repeated = (self.last < len(self.words)) & self.words[self.last.clamp(max=len(self.words) - 1)]
             if bool(repeated.any()):
@@ -108,7 +112,7 @@ def decode_text(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
 @torch.inference_mode()
 def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, options: SamplingOptions,
                         stop_ids, vocab, *, max_outputs: int = 4, boundaries: torch.Tensor | None = None,
-                        words: torch.Tensor | None = None) -> Iterator:
+                        words: torch.Tensor | None = None, not_first: torch.Tensor | None = None) -> Iterator:
     """Yield ``(token (B,), hidden)`` per step; ``vocab`` is the :class:`~anybind.chat.outputs.OutputVocab`.
 
     Each output's first token ``[TOK0]`` competes with the text tokens (one gate logit per
@@ -118,9 +122,9 @@ def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torc
     ``token`` is. A row part-way through an output finishes it even past ``max_new_tokens``.
     ``boundaries`` (bool over the vocabulary) lets a ``[TOK0]`` compete only at the first step
     and after a token marked True (a sentence end); ``max_outputs`` caps the outputs per row.
-    ``words`` (bool over the vocabulary, ``models.output.word_tokens``): a marked token never follows itself.
-    """
-    steps = _Steps(attention_mask, options, stop_ids, inputs_embeds.device, words)
+    ``words`` (bool over the vocabulary, ``models.output.word_tokens``): a marked token never follows
+    itself; ``not_first`` (ids): tokens no row's answer may begin with."""
+    steps = _Steps(attention_mask, options, stop_ids, inputs_embeds.device, words, not_first)
     base, head, table = model.base_model, model.get_output_embeddings(), model.get_input_embeddings()
     V, rows_of_outputs = vocab.vocab, vocab.table()
     firsts, lasts = (t.to(inputs_embeds.device) for t in vocab.bounds())

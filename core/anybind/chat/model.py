@@ -24,7 +24,7 @@ from anybind.layout import DONE_NAME, ChatDir, stored_decoder_reference
 from anybind.specs import BINDING_MODALITY
 from anybind.models import lora
 from anybind.models.backbone import Backbone, apply_adapter, load_backbone
-from anybind.models.output import GenerativeOutput, sentence_boundaries, token_texts, word_tokens
+from anybind.models.output import OUTPUT_OPENER, GenerativeOutput, sentence_boundaries, token_texts, word_tokens
 from anybind.models.projector import InputProjector
 from anybind.models.space import AnybindModel, Tower, resolve_input
 from anybind.persistence import CONFIG_NAME, read_config, read_json
@@ -56,6 +56,7 @@ class ChatModel:
         self._decoders: dict[str, object] = {}
         self._boundaries = None
         self._words = None
+        self.opener = OUTPUT_OPENER  # how an answer that makes an output begins
         self.soft_tokens = next(iter(projectors.values())).config.tokens if projectors else 4
         self.instructed = False
         #: the modalities the instruct stage trained on as attachments
@@ -197,6 +198,11 @@ class ChatModel:
         """Tokens that never follow themselves in an answer (see :func:`anybind.models.output.word_tokens`)."""
         self._classify_tokens()
         return self._words
+
+    def opener_start(self) -> torch.Tensor:
+        """The token an answer that makes an output begins with (``"Here"``): an answer decoded
+        again because it began so and made nothing may not begin with it."""
+        return torch.tensor(self.backbone.tokenizer(self.opener, add_special_tokens=False)["input_ids"][:1])
 
     def _classify_tokens(self) -> None:
         """Both of the decode loop's token classes, from one pass over the vocabulary's texts."""

@@ -96,3 +96,16 @@ def pad_contexts(contexts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
         out[row, : len(c)] = c
         mask[row, : len(c)] = 1
     return out, mask
+
+
+def promised(text: str, opener: str) -> bool:
+    """Whether an answer's text so far begins, or may still begin, as one that makes an output
+    (``opener``: :data:`anybind.models.output.OUTPUT_OPENER`); such an answer must make one."""
+    start = text.lstrip()
+    return start.startswith(opener) or opener.startswith(start)
+
+
+def broke_promise(text: str, made: int, opener: str) -> bool:
+    """A whole answer that began as one that makes an output, and made none: it says it shows
+    something ("Here is a handwritten seven.") that is not there, and is decoded again."""
+    return made == 0 and text.lstrip().startswith(opener)

@@ -13,7 +13,7 @@ from typing import Iterator
 from anybind.chat.conversation import Turn, fit, input_embeddings
 from anybind.chat.decode import decode_text, decode_with_outputs
 from anybind.chat.events import DoneEvent, NoticeEvent, OutputEvent, SamplingOptions, TextEvent, TextStream
-from anybind.chat.outputs import OutputStates, OutputVocab
+from anybind.chat.outputs import OutputStates, OutputVocab, broke_promise, promised
 
 
 def respond(model, turns: list[Turn], options: SamplingOptions | None = None, *, max_new_tokens: int = 256,
@@ -35,13 +35,40 @@ def respond(model, turns: list[Turn], options: SamplingOptions | None = None, *,
         yield NoticeEvent(f"dropped the {dropped} oldest turn(s) to fit the model's {backbone.max_context}-token context")
     # 2. Embed the prompt, with each attachment's soft tokens in its place.
     embeds, mask = input_embeddings(backbone, [encoded], [model.soft_tokens_for(encoded, projector)], pad_left=True)
-    # 3. Decode; with outputs, generative tokens compete with text at sentence ends.
+    # 3. Decode; with outputs, generative tokens compete with text at sentence ends. An answer
+    #    that begins as one that makes an output ("Here is ...") is held back until it makes one;
+    #    if it ends having made none, it is decoded again without that beginning.
     vocab = OutputVocab(list(model.outputs.values()), backbone.vocab_size) if draw and model.outputs else None
+    attempt = _answer(model, encoded, embeds, mask, options, vocab, max_images, image_steps, began)
+    if vocab is None:
+        yield from attempt
+        return
+    held: list[TextEvent] | None = []  # the answer's text while it may still promise an output
+    for event in attempt:
+        if held is not None and isinstance(event, TextEvent) and promised("".join(e.text for e in held) + event.text,
+                                                                            model.opener):
+            held.append(event)
+            continue
+        if held is not None and isinstance(event, DoneEvent) and broke_promise(event.text, event.usage["outputs"],
+                                                                               model.opener):
+            yield from _answer(model, encoded, embeds, mask, options, vocab, max_images, image_steps, began,
+                               not_first=model.opener_start())
+            return
+        yield from held or ()
+        held = None
+        yield event
+
+
+def _answer(model, encoded, embeds, mask, options: SamplingOptions, vocab: OutputVocab | None, max_images: int,
+            image_steps: int | None, began: float, not_first=None) -> Iterator:
+    """One decode of the answer: its text pieces and outputs in order, then a :class:`DoneEvent`."""
+    backbone = model.backbone
     if vocab is None:
         steps = ((token, None) for token in decode_text(backbone.model, embeds, mask, options, backbone.stop_ids))
     else:
         steps = decode_with_outputs(backbone.model, embeds, mask, options, backbone.stop_ids, vocab,
-                                    max_outputs=max_images, boundaries=model.boundaries, words=model.words)
+                                    max_outputs=max_images, boundaries=model.boundaries, words=model.words,
+                                    not_first=not_first)
     tracker = OutputStates(vocab, mask, [encoded.request_start]) if vocab is not None else None
     stream, stop = TextStream(backbone.tokenizer), set(backbone.stop_ids)
     first, reason, count, made, kinds = None, "length", 0, 0, {}

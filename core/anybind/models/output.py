@@ -30,6 +30,10 @@ from torch import nn
 from anybind.errors import DecoderError
 from anybind.persistence import PretrainedMixin
 
+#: How every answer that makes an output begins: "Here is a handwritten seven." and then the
+#: output (instruct's dialogues write them so). An answer that begins so and makes nothing says
+#: it shows what it does not; chat decodes it again without this start (``chat.outputs.promised``).
+OUTPUT_OPENER = "Here is"
 
 
 @dataclass

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from anybind.chat.conversation import Attachment, Encoded, Turn, _tokenize, encode
 from anybind.data.manifest import Manifest
+from anybind.models.output import OUTPUT_OPENER
 from anybind.data.prompts import (ASK, CHAT, FOLLOW_NAME, SEVERAL, TOPICS, WRITE_AND_ALL, WRITE_ONLY,
                                   OutputPrompts, addressed_request, again_question, sentence)
 from anybind.specs import BINDING_MODALITY
@@ -184,7 +185,7 @@ def _here_is(caption: str, output: str) -> list[tuple]:
     caption is then in the output projector's context (which starts at the request: "Now draw
     it." alone does not say what), and "Here is" starts every such answer, so the gate learns
     one place to open from every request, however it is worded."""
-    return [("text", f"Here is {caption}."), ("output", output, caption)]
+    return [("text", f"{OUTPUT_OPENER} {caption}."), ("output", output, caption)]
 
 
 def _plain(fill: dict, rng: random.Random) -> Turn:
