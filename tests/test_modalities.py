@@ -266,10 +266,34 @@ def test_point_cloud_view_tokens_see_the_projected_outline():
     assert plugins.get_modality("pointcloud").config["view"] == 16 and PointCloudEncoderConfig().view == 0
 
 
+def test_a_point_cloud_embeds_as_the_mean_over_its_resamplings_and_trains_on_the_first():
+    torch.manual_seed(0)
+    encoder = PointCloudEncoder(PointCloudEncoderConfig(jitter=0.0, token_drop=0.0, test_views=3))
+    one = PointCloudEncoder(PointCloudEncoderConfig(jitter=0.0, token_drop=0.0, test_views=1))
+    one.load_state_dict(encoder.state_dict())
+    sample = encoder.preprocess(_cloud())
+    first = one.preprocess(_cloud())
+    assert sample["more_neighbours"].shape[0] == 2 and set(first) == {"neighbours", "centres"}
+    assert all(torch.equal(sample[k], first[k]) for k in first)  # the first resampling is the one training reads
+    assert not torch.equal(sample["more_centres"][0], sample["centres"])  # the others are other points
+    batch = encoder.collate([sample] * 2)
+    augmented = encoder.augment(batch)
+    assert augmented.keys() == batch.keys() and torch.equal(augmented["more_centres"], batch["more_centres"])
+    encoder.eval()
+    pooled = encoder(**batch).pooled()
+    views = [encoder(neighbours=batch["neighbours"], centres=batch["centres"]).pooled()] + [
+        encoder(neighbours=batch["more_neighbours"][:, v], centres=batch["more_centres"][:, v]).pooled() for v in range(2)]
+    assert torch.allclose(pooled, torch.stack(views).mean(0), atol=1e-5)
+    encoder.train()
+    assert torch.equal(encoder(**batch).pooled(), encoder(neighbours=batch["neighbours"], centres=batch["centres"]).pooled())
+
+
 def test_farthest_point_sampling_spreads_out():
     points = torch.cat([torch.zeros(100, 3), torch.tensor([[10.0, 0, 0], [-10.0, 0, 0]])])
     chosen = farthest_point_sample(points, 3)
     assert {100, 101} <= set(chosen.tolist())
+    both = farthest_point_sample(torch.stack([points, points.flip(0)]), 3)  # each cloud of a batch its own
+    assert torch.equal(both[0], chosen) and {0, 1} <= set(both[1].tolist())
 
 
 def test_cli_embed_names_a_bad_point_cloud(tmp_path):

@@ -21,16 +21,18 @@ from anybind.modality import EncoderOutput, ModalityEncoder
 
 
 def farthest_point_sample(points: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of ``k`` points spread over (N, 3) ``points``, greedy farthest-first from the centroid."""
-    n = len(points)
-    chosen = torch.empty(k, dtype=torch.long)
-    distance = torch.full((n,), float("inf"))
-    current = int(torch.argmax(((points - points.mean(0)) ** 2).sum(1)))
+    """Indices of ``k`` points spread over ``(..., N, 3)`` ``points`` (each leading index its own
+    cloud), greedy farthest-first from the centroid: ``(..., k)``."""
+    clouds = points.reshape(-1, *points.shape[-2:])  # (C, N, 3)
+    rows = torch.arange(len(clouds))
+    chosen = torch.empty(len(clouds), k, dtype=torch.long)
+    distance = torch.full(clouds.shape[:2], float("inf"))
+    current = ((clouds - clouds.mean(1, keepdim=True)) ** 2).sum(-1).argmax(1)
     for i in range(k):
-        chosen[i] = current
-        distance = torch.minimum(distance, ((points - points[current]) ** 2).sum(1))
-        current = int(torch.argmax(distance))
-    return chosen
+        chosen[:, i] = current
+        distance = torch.minimum(distance, ((clouds - clouds[rows, current][:, None]) ** 2).sum(-1))
+        current = distance.argmax(1)
+    return chosen.reshape(*points.shape[:-2], k)
 
 
 def level(points: torch.Tensor, max_tilt: float = 0.7) -> torch.Tensor:
@@ -69,6 +71,10 @@ class PointCloudEncoderConfig:
     # towers; 0 here keeps towers saved before view tokens existed loading as they were.
     view: int = 0
     view_channels: tuple = (16, 32)  # the view CNN's stages before the last (which has `width`)
+    # An embedding is the mean over this many resamplings of the cloud (the first is what training
+    # reads): one resampling's points are a draw, and the mean of eight named held-out clouds
+    # right more often (bench/RESULTS.md, "point clouds: the mean over resamplings").
+    test_views: int = 8
 
 
 class PointCloudEncoder(ModalityEncoder):
@@ -103,17 +109,22 @@ class PointCloudEncoder(ModalityEncoder):
         points = points / points.norm(dim=1).max().clamp(min=1e-6)  # unit sphere
         # Deterministic resampling (seeded by the cloud itself) so a file always embeds the same.
         g = torch.Generator().manual_seed(int(len(points)) * 7919 + int(points.abs().sum() * 1000) % 100003)
-        index = torch.randperm(len(points), generator=g)[: c.points] if len(points) >= c.points \
-            else torch.randint(len(points), (c.points,), generator=g)
-        points = points[index]
-        centres = points[farthest_point_sample(points, c.groups)]  # (G, 3)
-        nearest = torch.cdist(centres, points).topk(c.group_size, largest=False).indices  # (G, K)
-        return {"neighbours": (points[nearest] - centres[:, None, :]) * c.neighbour_scale, "centres": centres}
+        draws = [torch.randperm(len(points), generator=g)[: c.points] if len(points) >= c.points
+                 else torch.randint(len(points), (c.points,), generator=g) for _ in range(max(1, c.test_views))]
+        points = points[torch.stack(draws)]  # (V, P, 3)
+        centres = torch.gather(points, 1, farthest_point_sample(points, c.groups)[..., None].expand(-1, -1, 3))  # (V, G, 3)
+        nearest = torch.cdist(centres, points).topk(c.group_size, largest=False).indices  # (V, G, K)
+        neighbours = (points[torch.arange(len(points))[:, None, None], nearest] - centres[:, :, None]) * c.neighbour_scale
+        sample = {"neighbours": neighbours[0], "centres": centres[0]}
+        if len(draws) > 1:
+            sample.update(more_neighbours=neighbours[1:], more_centres=centres[1:])
+        return sample
 
     def augment(self, batch):
         """Random rotation about the vertical axis and scaling, the same for centres and groups; then
         jitter on the neighbour offsets and some groups dropped (``jitter``, ``token_drop``): at random,
-        or those of one side (``partial``), as a scan from one direction misses them."""
+        or those of one side (``partial``), as a scan from one direction misses them, on the first
+        resampling (the one training reads)."""
         b = batch["centres"].shape[0]
         angle = (torch.rand(b) - 0.5) * (math.pi / 12)  # +-7.5 degrees
         cos, sin = angle.cos(), angle.sin()
@@ -121,6 +132,7 @@ class PointCloudEncoder(ModalityEncoder):
         rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1], rot[:, 2, 2] = cos, -sin, sin, cos, 1
         rot = rot * torch.empty(b, 1, 1).uniform_(0.85, 1.15)
         out = {
+            **batch,  # the further resamplings pass through: training reads the first
             "neighbours": torch.einsum("bgkc,bdc->bgkd", batch["neighbours"], rot),
             "centres": torch.einsum("bgc,bdc->bgd", batch["centres"], rot),
         }
@@ -163,7 +175,18 @@ class PointCloudEncoder(ModalityEncoder):
         grid = grid / grid.amax(1, keepdim=True).clamp(min=1)
         return grid.view(b, 1, side, side)
 
-    def forward(self, neighbours: torch.Tensor, centres: torch.Tensor) -> EncoderOutput:
+    def forward(self, neighbours: torch.Tensor, centres: torch.Tensor, more_neighbours: torch.Tensor | None = None,
+                more_centres: torch.Tensor | None = None) -> EncoderOutput:
+        """The first resampling's tokens; out of training, pooled over every resampling given
+        (``more_*``: ``(B, V-1, ...)``)."""
+        tokens = self._tokens(neighbours, centres)
+        if more_neighbours is None or self.training:
+            return EncoderOutput(tokens=tokens)
+        b, v = more_neighbours.shape[:2]
+        more = self._tokens(more_neighbours.flatten(0, 1), more_centres.flatten(0, 1)).mean(dim=1).view(b, v, -1)
+        return EncoderOutput(tokens=tokens, summary=torch.cat([tokens.mean(dim=1)[:, None], more], dim=1).mean(dim=1))
+
+    def _tokens(self, neighbours: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
         c = self.config
         points = neighbours / c.neighbour_scale + centres[:, :, None, :]  # (B, G, K, 3) absolute positions
         if c.absolute:
@@ -181,5 +204,4 @@ class PointCloudEncoder(ModalityEncoder):
         if c.view:
             view = rearrange(self.view_cnn(self.project(points.flatten(1, 2))), "b w h x -> b (h x) w")  # (B, V, W)
             tokens = torch.cat([tokens, view + self.view_pos], dim=1)
-        tokens = self.final(self.transformer(tokens))  # (B, G[+V], W)
-        return EncoderOutput(tokens=tokens)
+        return self.final(self.transformer(tokens))  # (B, G[+V], W)
