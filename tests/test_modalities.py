@@ -71,6 +71,28 @@ def test_audio_tempo_changes_length_and_keeps_pitch():
     assert int(only_tempo.augment(batch)["length"][0]) == round(int(batch["length"][0]) / 1.4)
 
 
+def test_audio_is_heard_at_three_tempos_out_of_training_and_at_its_own_in_training():
+    from anybind_audio.encoder import time_stretch
+
+    torch.manual_seed(0)
+    encoder = AudioEncoder(AudioEncoderConfig(test_tempos=(0.8, 1.25)))
+    alone = AudioEncoder(AudioEncoderConfig(test_tempos=()))
+    alone.load_state_dict(encoder.state_dict())
+    batch = encoder.collate([encoder.preprocess(load) for load in [_raw(0.3), _raw(0.9)]])
+    wave, width = batch["wave"], batch["wave"].shape[1]
+    assert time_stretch(wave, 0.8, width).shape == wave.shape and time_stretch(wave, 1.25, width).shape == wave.shape
+    encoder.eval(), alone.eval()
+    heard = [alone(wave=w).summary for w in (wave, time_stretch(wave, 0.8, width), time_stretch(wave, 1.25, width))]
+    assert torch.allclose(encoder(**batch).summary, torch.stack(heard).mean(0), atol=1e-5)
+    assert torch.equal(encoder(**batch).tokens, alone(**batch).tokens)
+    assert not torch.allclose(encoder(**batch).summary, heard[0])
+    encoder.train(), alone.train()
+    torch.manual_seed(1)
+    trained = encoder(**batch).summary
+    torch.manual_seed(1)
+    assert torch.equal(trained, alone(**batch).summary)  # training hears the clip as augmented, once
+
+
 def _raw(seconds):
     return Audio(_tone(16000, seconds), 16000)
 
