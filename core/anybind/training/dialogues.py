@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 
 from anybind.chat.conversation import Attachment, Encoded, Turn, _tokenize, encode
 from anybind.data.manifest import Manifest
-from anybind.models.output import OUTPUT_OPENER
 from anybind.data.prompts import (ASK, CHAT, FOLLOW_NAME, SEVERAL, TOPICS, WRITE_AND_ALL, WRITE_ONLY,
                                   OutputPrompts, addressed_request, again_question, sentence)
+from anybind.models.output import OUTPUT_OPENER
 from anybind.specs import BINDING_MODALITY
 
 #: An assistant turn whose words are the frozen LM's own, filled in when the LM has answered.

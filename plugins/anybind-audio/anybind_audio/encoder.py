@@ -239,12 +239,14 @@ class AudioEncoder(ReferencedTrunk, ModalityEncoder):
     def forward(self, wave: torch.Tensor, length: torch.Tensor | None = None) -> EncoderOutput:
         if self.referenced:
             return self.trunk(wave, length if length is not None else torch.full((len(wave),), wave.shape[1]))
-        tokens = self._tokens(wave)
-        summary = _summary(tokens)
-        if not self.training and self.config.test_tempos:
-            heard = [_summary(self._tokens(time_stretch(wave, rate, wave.shape[-1]))) for rate in self.config.test_tempos]
-            summary = torch.stack([summary, *heard]).mean(dim=0)
-        return EncoderOutput(tokens=tokens, summary=summary)
+        if self.training or not self.config.test_tempos:
+            tokens = self._tokens(wave)
+            return EncoderOutput(tokens=tokens, summary=_summary(tokens))
+        # the clip and its tempos in one pass: (1 + tempos) x B rows, the clip's first
+        tempos = [time_stretch(wave, rate, wave.shape[-1]) for rate in self.config.test_tempos]
+        heard = self._tokens(torch.cat([wave, *tempos]))
+        return EncoderOutput(tokens=heard[: len(wave)],
+                             summary=_summary(heard).view(1 + len(tempos), len(wave), -1).mean(dim=0))
 
     def _tokens(self, wave: torch.Tensor) -> torch.Tensor:
         # No per-utterance normalisation: it made echo-y unseen voices collapse in our trials.

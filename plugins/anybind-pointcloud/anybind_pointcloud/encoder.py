@@ -112,9 +112,10 @@ class PointCloudEncoder(ModalityEncoder):
         draws = [torch.randperm(len(points), generator=g)[: c.points] if len(points) >= c.points
                  else torch.randint(len(points), (c.points,), generator=g) for _ in range(max(1, c.test_views))]
         points = points[torch.stack(draws)]  # (V, P, 3)
-        centres = torch.gather(points, 1, farthest_point_sample(points, c.groups)[..., None].expand(-1, -1, 3))  # (V, G, 3)
+        views = torch.arange(len(points))[:, None]
+        centres = points[views, farthest_point_sample(points, c.groups)]  # (V, G, 3)
         nearest = torch.cdist(centres, points).topk(c.group_size, largest=False).indices  # (V, G, K)
-        neighbours = (points[torch.arange(len(points))[:, None, None], nearest] - centres[:, :, None]) * c.neighbour_scale
+        neighbours = (points[views[..., None], nearest] - centres[:, :, None]) * c.neighbour_scale
         sample = {"neighbours": neighbours[0], "centres": centres[0]}
         if len(draws) > 1:
             sample.update(more_neighbours=neighbours[1:], more_centres=centres[1:])
