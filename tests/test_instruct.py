@@ -336,7 +336,7 @@ def test_quickstart_skips_finished_stages_then_demos_and_evaluates(instructed, s
                     env=IMAGES_OUT_ONLY)
     record = json.loads((run / "metrics.json").read_text())
     stages = record["stages"]
-    further = ["further decoders", "further align-out", "instruct again", "whole demo"]
+    further = ["further decoders", "further bind", "further align-out", "instruct again", "whole demo"]
     assert sorted(stages) == sorted(["world", "bind", "decoder", "align-in", "align-out", "instruct", "demo", *further, "eval"])
     assert not any(stages[s]["ran"] for s in ("world", "bind", "decoder", "align-in", "align-out", "instruct", *further))
     assert stages["further decoders"]["note"] == "no further output modality installed"

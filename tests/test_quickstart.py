@@ -115,3 +115,33 @@ def test_a_resumed_run_shows_the_demo_once_every_decoder_it_needs_is_trained(tmp
     assert ran is False and note == "the audio decoder is still to train: the whole demo comes after it"
     q.shown = {"image", "audio"}  # had the first demo made both, the whole demo would only repeat it
     assert stages.whole_demo(q) == (False, "the demo above made every output")
+
+
+def test_the_first_answer_binds_only_the_towers_its_demo_reads(every_world, tmp_path):
+    q = Quickstart(tmp_path / "quickstart", progress=False)
+    q.run.root.mkdir()
+    (q.run.root / "world").symlink_to(every_world.root)
+    assert {"image", "audio", "pointcloud", "video"} <= set(every_world.modalities())
+    assert stages.first_modalities(q) == ["image", "audio"]  # the binding modality, and what the demo attaches
+    names = [name for name, _ in stages.STAGES]
+    assert names.index("demo") < names.index("further bind") < names.index("instruct again")
+
+
+def test_instruct_trains_again_once_a_tower_is_bound_after_it(small_world, tmp_path):
+    from anybind.data import read_manifest
+    from anybind.layout import ChatDir
+    from anybind.training.instruct import _outgrown
+
+    manifest = read_manifest(small_world)
+    (tmp_path / "bind").mkdir()
+    (tmp_path / "bind" / "config.json").write_text(json.dumps({"modalities": ["image"]}))
+    chat = ChatDir(tmp_path / "chat")
+    chat.path.mkdir()
+    (chat.path / "config.json").write_text(json.dumps({"format": CHAT_FORMAT, "bound": "../bind", "outputs": {}}))
+    record = {"outputs": [], "readable": ["image"]}
+    assert _outgrown(record, chat, manifest) is None
+    (tmp_path / "bind" / "config.json").write_text(json.dumps({"modalities": ["image", "audio", "text"]}))
+    assert _outgrown(record, chat, manifest) == "trained when the model read image, but it now reads audio, image"
+    assert _outgrown({**record, "readable": ["audio", "image"]}, chat, manifest) is None
+    assert _outgrown({"outputs": ["image"], "readable": ["audio", "image"]}, chat, manifest).startswith(
+        "trained with the outputs image, but the model now makes ")

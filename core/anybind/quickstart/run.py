@@ -1,7 +1,7 @@
 """``anybind quickstart``: every stage on the sample world, then an interleaved demo.
 
     world → decoder → bind → align-in → align-out → instruct → demo
-          → further decoders → further align-out → instruct again → whole demo → eval
+          → further decoders → further bind → further align-out → instruct again → whole demo → eval
 
 The first interleaved answer needs one output, the main one (images): its decoder trains in a
 background process (one thread) beside bind and align-in, which use the other core meanwhile
@@ -10,7 +10,9 @@ than one after the other), align-out needs only the decoder's prompt encoder (it
 ``prompts.json``, written as its training starts), and the demo waits for the decoder. Every
 further installed output (e.g. speech) comes after that answer, so it never delays it: its
 decoder trains in the background beside its align-out, instruct trains again with every output,
-and the demo runs again. While the world is built (which leaves a core mostly idle) another
+and the demo runs again. So do the towers: the first answer reads only the binding modality's
+(images, which align-in trains on) and those its demo attaches (speech); every other tower (point
+clouds, video) binds after it, beside the further decoders, and instruct again reads them too. While the world is built (which leaves a core mostly idle) another
 background process loads the LM backbone once, so that a backbone which converts its weights
 on first use (SmolLM2 from its GGUF) is ready in the cache when align-in starts.
 

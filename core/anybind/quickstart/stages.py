@@ -98,10 +98,34 @@ def join_decoder(q, until: Path | None = None, job_name: str = "decoder") -> Non
         q.jobs.pop(job_name)
 
 
+def first_modalities(q) -> list[str]:
+    """The towers the first answer reads: the binding modality's (align-in trains on it) and every
+    modality the demo attaches. Every other tower binds after the first answer, and instruct
+    then trains again with it (towers do not depend on one another but through images)."""
+    from anybind import plugins
+    from anybind.data.manifest import read_manifest
+    from anybind.specs import BINDING_MODALITY
+
+    manifest = read_manifest(q.run.world)
+    present = set(manifest.modalities()) & set(plugins.modalities())
+    attached = [turn["attach"]["modality"] for turn in manifest.demo if turn.get("attach")]
+    return [m for m in dict.fromkeys([BINDING_MODALITY, *attached]) if m in present]
+
+
 def bind(q) -> tuple:
+    """The towers of :func:`first_modalities`."""
+    return _bind(q, first_modalities(q))
+
+
+def further_bind(q) -> tuple:
+    """Every other installed modality's tower, after the first answer (beside the further decoders)."""
+    return _bind(q, None)
+
+
+def _bind(q, modalities: list[str] | None) -> tuple:
     from anybind.training.bind import BindSettings, train_bind
 
-    results = train_bind(q.run.world, q.run.bind, settings=BindSettings(progress=q.progress))
+    results = train_bind(q.run.world, q.run.bind, modalities, settings=BindSettings(progress=q.progress))
     return bool(results), ", ".join(f"{r['modality']} {r['seconds']:.0f}s" for r in results) or "already trained"
 
 
@@ -147,8 +171,8 @@ def instruct(q, seeds: int = 1) -> tuple:
 
 
 def instruct_again(q) -> tuple:
-    """instruct with every output, for the model every evaluation scores: two seeds kept as their
-    mean (steadier gates; bench/RESULTS.md, "instruct: a soup of seeds"), after the first answer."""
+    """instruct with every output and every tower, for the model every evaluation scores: two seeds
+    kept as their mean (steadier gates; bench/RESULTS.md, "instruct: a soup of seeds"), after the first answer."""
     return instruct(q, seeds=2)
 
 
@@ -260,9 +284,10 @@ def evaluate(q) -> tuple:
 
 
 #: Every stage in the order it runs. The first interleaved answer needs only the main output
-#: (images): its stages come first and the demo right after them; every further output (e.g.
-#: speech) then trains its decoder, aligns, and instruct runs again with every output.
+#: (images) and the towers its demo reads: its stages come first and the demo right after them;
+#: every further output (e.g. speech) then trains its decoder, every further tower binds, the
+#: outputs align, and instruct runs again with every output and tower.
 STAGES = (("world", world), ("decoder", decoder), ("bind", bind), ("align-in", align_in), ("align-out", align_out),
-          ("instruct", instruct), ("demo", demo), ("further decoders", further_decoders),
+          ("instruct", instruct), ("demo", demo), ("further decoders", further_decoders), ("further bind", further_bind),
           ("further align-out", further_align_out), ("instruct again", instruct_again), ("whole demo", whole_demo),
           ("eval", evaluate))

@@ -43,6 +43,7 @@ from anybind.errors import InputError
 from anybind.layout import DONE_NAME, ChatDir, decoder_reference_for, output_dir_name
 from anybind.models.decoders import load_prompt_encoder, parse_reference
 from anybind.models.space import embed_rows
+from anybind.persistence import read_config
 from anybind.training.dialogues import OWN, Dialogue, encode_dialogue, make_dialogues
 from anybind.training.output_refit import collect_output_states, output_loss, refit_output
 from anybind.training.settings import InstructSettings
@@ -141,13 +142,18 @@ class _Tuner(nn.Module):
         return loss, parts
 
 
+def attached_modalities(manifest: Manifest, bound: list[str]) -> list[str]:
+    """The modalities instruct attaches: those the manifest has files of and a ``bound`` tower reads."""
+    return [m for m in manifest.modalities() if m in bound and m != "text" and m in plugins.modalities()]
+
+
 def _attachments(chat: ChatModel, manifest: Manifest, per_modality: int, seed: int, progress: bool):
     """Embed a sample of each bound modality's labelled training files: {modality: [(attachment, label)]}."""
     from tqdm.auto import tqdm
 
     rng = random.Random(seed)
     out: dict[str, list[tuple[Attachment, str]]] = {}
-    present = [m for m in manifest.modalities() if m in chat.modalities and m != "text" and m in plugins.modalities()]
+    present = attached_modalities(manifest, chat.modalities)
     for modality in tqdm(present, desc="instruct: embedding attachments", unit="modality", leave=False, disable=not progress):
         rows = [r for r in manifest.select("train", has=(modality,)) if "label" in r]
         rows = rng.sample(rows, min(per_modality, len(rows)))
@@ -175,13 +181,12 @@ def train_instruct(manifest_path, chat_dir, settings: InstructSettings | None = 
     stage = Stage("instruct", "lora", chat_dir.path, done=chat_dir.instruct / DONE_NAME,
                   progress=chat_dir.progress("instruct"), metrics=chat_dir.metrics)
     with stage.lock():
-        if stage.done and not retrain:
-            made = stage.record().get("outputs")  # older stages did not record them
-            if made is None or set(made) == set(chat_dir.outputs()):
-                return stage.skipped()
-            say(stage.accelerator, f"instruct: trained with the outputs {', '.join(made) or 'none'}, but the model "
-                                   f"now makes {', '.join(chat_dir.outputs())}: training it again with every output")
         manifest = read_manifest(manifest_path)
+        if stage.done and not retrain:
+            why = _outgrown(stage.record(), chat_dir, manifest)
+            if why is None:
+                return stage.skipped()
+            say(stage.accelerator, f"instruct: {why}: training it again")
         if not manifest.labels:
             raise InputError(manifest.path, "instruct builds its conversations from labels: the manifest has none")
         seeds = _seeds_dir(chat_dir)
@@ -196,6 +201,18 @@ def train_instruct(manifest_path, chat_dir, settings: InstructSettings | None = 
             shutil.rmtree(seeds, ignore_errors=True)  # each seed's parts, now in the mean
             chat_dir.update(instruct=chat_dir.instruct.name)
     return record
+
+
+def _outgrown(record: dict, chat_dir: ChatDir, manifest: Manifest) -> str | None:
+    """Why an instruct stage already trained no longer fits its chat model (None: it does): an
+    output aligned or a tower bound after it ran. Older records that lack a field are not judged by it."""
+    made, read = record.get("outputs"), record.get("readable")
+    if made is not None and set(made) != set(chat_dir.outputs()):
+        return f"trained with the outputs {', '.join(made) or 'none'}, but the model now makes {', '.join(chat_dir.outputs())}"
+    now = attached_modalities(manifest, read_config(chat_dir.bound_dir()).get("modalities", []))
+    if read is not None and set(read) != set(now):
+        return f"trained when the model read {', '.join(read)}, but it now reads {', '.join(now)}"
+    return None
 
 
 def _seeds_dir(chat_dir: ChatDir) -> Path:
@@ -215,6 +232,7 @@ def _train_seed(stage: Stage, chat_dir: ChatDir, manifest: Manifest, settings: I
         settings = replace(settings, steps=settings.steps * scale, conversations=settings.conversations * scale)
     dialogues, attachments = _dialogues(chat, manifest, settings, settings.progress and stage.is_main)
     record, peft_model = _train(stage, chat, dialogues, attachments, settings)
+    record["readable"] = attached_modalities(manifest, chat.modalities)  # what a tower bound later changes
     root = root or chat_dir.instruct
 
     def save():
@@ -238,7 +256,7 @@ def _train_soup(stage: Stage, chat_dir: ChatDir, manifest: Manifest, settings: I
         part = Stage("instruct", f"lora, seed {seed}", chat_dir.path, done=root / DONE_NAME,
                      progress=chat_dir.progress(f"instruct-seed-{seed}"), metrics=chat_dir.metrics,
                      accelerator=stage.accelerator)
-        if part.done and set(part.record().get("outputs", ())) == set(chat_dir.outputs()):  # an interrupted soup's
+        if part.done and _outgrown(part.record(), chat_dir, manifest) is None:  # an interrupted soup's
             say(stage.accelerator, f"instruct: seed {seed} already trained ({root}); the next")
             records.append(part.record())
         else:
