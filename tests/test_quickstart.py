@@ -127,21 +127,18 @@ def test_the_first_answer_binds_only_the_towers_its_demo_reads(every_world, tmp_
     assert names.index("demo") < names.index("further bind") < names.index("instruct again")
 
 
-def test_instruct_trains_again_once_a_tower_is_bound_after_it(small_world, tmp_path):
-    from anybind.data import read_manifest
+def test_instruct_trains_again_once_a_tower_is_bound_after_it(tmp_path):
     from anybind.layout import ChatDir
     from anybind.training.instruct import _outgrown
-
-    manifest = read_manifest(small_world)
     (tmp_path / "bind").mkdir()
     (tmp_path / "bind" / "config.json").write_text(json.dumps({"modalities": ["image"]}))
     chat = ChatDir(tmp_path / "chat")
     chat.path.mkdir()
     (chat.path / "config.json").write_text(json.dumps({"format": CHAT_FORMAT, "bound": "../bind", "outputs": {}}))
     record = {"outputs": [], "readable": ["image"]}
-    assert _outgrown(record, chat, manifest) is None
+    assert _outgrown(record, chat) is None
     (tmp_path / "bind" / "config.json").write_text(json.dumps({"modalities": ["image", "audio", "text"]}))
-    assert _outgrown(record, chat, manifest) == "trained when the model read image, but it now reads audio, image"
-    assert _outgrown({**record, "readable": ["audio", "image"]}, chat, manifest) is None
-    assert _outgrown({"outputs": ["image"], "readable": ["audio", "image"]}, chat, manifest).startswith(
+    assert _outgrown(record, chat) == "trained when the model read image, but it now reads audio, image"
+    assert _outgrown({**record, "readable": ["audio", "image"]}, chat) is None
+    assert _outgrown({"outputs": ["image"], "readable": ["audio", "image"]}, chat).startswith(
         "trained with the outputs image, but the model now makes ")

@@ -114,6 +114,15 @@ class _Tuner(nn.Module):
                 hidden[r] = out[i, :len(tails[r].ids)]
         return prefix.hidden, hidden
 
+    def _asked_loss(self, batch: list[Dialogue], requests: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy of every output's request gate on the ``(B, H)`` states where each
+        answer starts, against whether that answer makes the output."""
+        losses = []
+        for modality, output in self.outputs.items():
+            made = torch.tensor([float(any(m == modality for _, m, _ in d.outputs)) for d in batch], device=requests.device)
+            losses.append(F.binary_cross_entropy_with_logits(output.asked_logit(requests), made))
+        return torch.stack(losses).mean()
+
     def forward(self, batch: list[Dialogue]) -> tuple[torch.Tensor, dict]:
         model = self.chat.backbone.model
         opening, tails = self.hidden(batch)
@@ -127,6 +136,10 @@ class _Tuner(nn.Module):
         ce = F.cross_entropy(logits, ids)
         parts = {"ce": float(ce.detach())}
         loss = ce
+        if len(self.vocab):  # each request gate: does this answer make that output at all?
+            asked = self._asked_loss(batch, torch.stack([rows[r][d.targets[0][0]] for r, d in enumerate(batch)]))
+            loss = loss + self.settings.asked_weight * asked
+            parts["asked"] = float(asked.detach())
         for modality, output in self.outputs.items():
             made = [(row, start, caption) for row, d in enumerate(batch) for start, m, caption in d.outputs if m == modality]
             if not made:
@@ -142,9 +155,10 @@ class _Tuner(nn.Module):
         return loss, parts
 
 
-def attached_modalities(manifest: Manifest, bound: list[str]) -> list[str]:
-    """The modalities instruct attaches: those the manifest has files of and a ``bound`` tower reads."""
-    return [m for m in manifest.modalities() if m in bound and m != "text" and m in plugins.modalities()]
+def readable(bound: list[str]) -> list[str]:
+    """Of a bound model's towers, those of attachments (installed; text is the question itself)."""
+    installed = plugins.modalities()
+    return sorted(m for m in bound if m != "text" and m in installed)
 
 
 def _attachments(chat: ChatModel, manifest: Manifest, per_modality: int, seed: int, progress: bool):
@@ -153,7 +167,7 @@ def _attachments(chat: ChatModel, manifest: Manifest, per_modality: int, seed: i
 
     rng = random.Random(seed)
     out: dict[str, list[tuple[Attachment, str]]] = {}
-    present = attached_modalities(manifest, chat.modalities)
+    present = [m for m in manifest.modalities() if m in readable(chat.modalities)]
     for modality in tqdm(present, desc="instruct: embedding attachments", unit="modality", leave=False, disable=not progress):
         rows = [r for r in manifest.select("train", has=(modality,)) if "label" in r]
         rows = rng.sample(rows, min(per_modality, len(rows)))
@@ -181,12 +195,12 @@ def train_instruct(manifest_path, chat_dir, settings: InstructSettings | None = 
     stage = Stage("instruct", "lora", chat_dir.path, done=chat_dir.instruct / DONE_NAME,
                   progress=chat_dir.progress("instruct"), metrics=chat_dir.metrics)
     with stage.lock():
-        manifest = read_manifest(manifest_path)
         if stage.done and not retrain:
-            why = _outgrown(stage.record(), chat_dir, manifest)
+            why = _outgrown(stage.record(), chat_dir)
             if why is None:
                 return stage.skipped()
             say(stage.accelerator, f"instruct: {why}: training it again")
+        manifest = read_manifest(manifest_path)
         if not manifest.labels:
             raise InputError(manifest.path, "instruct builds its conversations from labels: the manifest has none")
         seeds = _seeds_dir(chat_dir)
@@ -203,13 +217,13 @@ def train_instruct(manifest_path, chat_dir, settings: InstructSettings | None = 
     return record
 
 
-def _outgrown(record: dict, chat_dir: ChatDir, manifest: Manifest) -> str | None:
+def _outgrown(record: dict, chat_dir: ChatDir) -> str | None:
     """Why an instruct stage already trained no longer fits its chat model (None: it does): an
     output aligned or a tower bound after it ran. Older records that lack a field are not judged by it."""
     made, read = record.get("outputs"), record.get("readable")
     if made is not None and set(made) != set(chat_dir.outputs()):
         return f"trained with the outputs {', '.join(made) or 'none'}, but the model now makes {', '.join(chat_dir.outputs())}"
-    now = attached_modalities(manifest, read_config(chat_dir.bound_dir()).get("modalities", []))
+    now = readable(read_config(chat_dir.bound_dir()).get("modalities", []))
     if read is not None and set(read) != set(now):
         return f"trained when the model read {', '.join(read)}, but it now reads {', '.join(now)}"
     return None
@@ -232,7 +246,7 @@ def _train_seed(stage: Stage, chat_dir: ChatDir, manifest: Manifest, settings: I
         settings = replace(settings, steps=settings.steps * scale, conversations=settings.conversations * scale)
     dialogues, attachments = _dialogues(chat, manifest, settings, settings.progress and stage.is_main)
     record, peft_model = _train(stage, chat, dialogues, attachments, settings)
-    record["readable"] = attached_modalities(manifest, chat.modalities)  # what a tower bound later changes
+    record["readable"] = readable(chat.modalities)  # what a tower bound later changes
     root = root or chat_dir.instruct
 
     def save():
@@ -256,7 +270,7 @@ def _train_soup(stage: Stage, chat_dir: ChatDir, manifest: Manifest, settings: I
         part = Stage("instruct", f"lora, seed {seed}", chat_dir.path, done=root / DONE_NAME,
                      progress=chat_dir.progress(f"instruct-seed-{seed}"), metrics=chat_dir.metrics,
                      accelerator=stage.accelerator)
-        if part.done and _outgrown(part.record(), chat_dir, manifest) is None:  # an interrupted soup's
+        if part.done and _outgrown(part.record(), chat_dir) is None:  # an interrupted soup's
             say(stage.accelerator, f"instruct: seed {seed} already trained ({root}); the next")
             records.append(part.record())
         else:
@@ -311,6 +325,8 @@ def _train(stage: Stage, chat: ChatModel, dialogues: list[Dialogue], attachments
     for output in chat.outputs.values():
         output.train().requires_grad_(settings.image_output_lr_scale > 0)
         output.head.requires_grad_(True)  # the [TOK0] gate ("make one now?") follows the adapters at the full rate
+        output.add_asked_gate()  # and the request's ("does it ask for one?"), learnt here on the adapted LM
+        output.asked.requires_grad_(True)
     from anybind.models.backbone import quiet_peft
 
     with quiet_peft():
@@ -327,7 +343,7 @@ def _train(stage: Stage, chat: ChatModel, dialogues: list[Dialogue], attachments
         last.update(parts)
         return loss
 
-    scales = {f"outputs.{m}.head.": 1.0 for m in chat.outputs}
+    scales = {f"outputs.{m}.{gate}.": 1.0 for m in chat.outputs for gate in ("head", "asked")}
     loop = LoopSettings(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
                         save_every=settings.save_every, progress=settings.progress,
                         lr_scales={**scales, "outputs.": settings.image_output_lr_scale})
