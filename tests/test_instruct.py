@@ -274,9 +274,7 @@ def test_instruct_trains_adapters_and_leaves_earlier_stages_untouched(instructed
     assert record["refit_image_mse_after"] < record["refit_image_mse_before"]
     aligned = load_file(str(chat / "image_output" / "model.safetensors"))
     tuned = load_file(str(chat / "instruct" / "image_output" / "model.safetensors"))
-    # ...and a request gate of its own: does the request ask for a drawing at all?
-    assert aligned.keys() == {k for k in tuned if not k.startswith("asked.")} and "asked.0.weight" in tuned
-    assert steps[-1]["asked"] < steps[0]["asked"]
+    assert aligned.keys() == tuned.keys()
     changed = {k for k in aligned if not torch.equal(aligned[k], tuned[k])}
     assert any(k.startswith("head.") for k in changed) and any(k.startswith("blocks.") for k in changed), changed
     assert "embed" not in changed  # the [IMG] rows the LM reads stay as align-out left them

@@ -81,7 +81,7 @@ def _decode_making(model, embeds, mask, request_starts: list[int], max_new_token
     pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
     for token, hidden in decode_with_outputs(backbone.model, embeds, mask, SamplingOptions(max_new_tokens),
                                              backbone.stop_ids, vocab, max_outputs=max_outputs, boundaries=model.boundaries,
-                                             words=model.words, not_first=not_first, opener=model.opener_start()):
+                                             words=model.words, not_first=not_first):
         pending += tracker.push(token, hidden)
         for row, token_id in enumerate(token.tolist()):
             ids[row].append(token_id)

@@ -39,8 +39,7 @@ class _Steps:
                  words: torch.Tensor | None = None, not_first: torch.Tensor | None = None):
         self.options = options
         self.words = words.to(device) if words is not None else None  # see models.output.word_tokens
-        # (ids, rows): tokens those rows' answers may not begin with (rows None: every row)
-        self.not_first = [(not_first.to(device), None)] if not_first is not None else []
+        self.not_first = not_first.to(device) if not_first is not None else None  # ids no answer begins with
         self.last: torch.Tensor | None = None
         self.generator = None
         if options.seed is not None:
@@ -52,25 +51,10 @@ class _Steps:
         self.finished = torch.zeros(self.rows, dtype=torch.bool, device=device)
         self.step = 0
 
-    def refuse_first(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
-        """The rows marked in ``rows`` (B,) may not begin their answer with any of ``ids``."""
-        if bool(rows.any()):
-            self.not_first.append((ids.to(rows.device), rows))
-
-    def unasked(self, vocab, request: torch.Tensor, opener: torch.Tensor | None) -> torch.Tensor:
-        """``(B, outputs)``: the outputs each row's request does not ask for (``vocab.unasked``);
-        a row that asks for none may not begin with ``opener`` (ids)."""
-        unasked = vocab.unasked(request)
-        if opener is not None and unasked.shape[1]:
-            self.refuse_first(opener, unasked.all(-1))
-        return unasked
-
     def pick(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.not_first and self.step == 0:
+        if self.not_first is not None and self.step == 0:
             logits = logits.clone()
-            for ids, rows in self.not_first:
-                chosen = slice(None) if rows is None else rows.nonzero()[:, :1]
-                logits[chosen, ids] = float("-inf")
+            logits[:, self.not_first] = float("-inf")
         if self.words is not None and self.last is not None:  # a word never follows itself
             repeated = (self.last < len(self.words)) & self.words[self.last.clamp(max=len(self.words) - 1)]
             if bool(repeated.any()):
@@ -128,23 +112,24 @@ def decode_text(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
 @torch.inference_mode()
 def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, options: SamplingOptions,
                         stop_ids, vocab, *, max_outputs: int = 4, boundaries: torch.Tensor | None = None,
-                        words: torch.Tensor | None = None, not_first: torch.Tensor | None = None,
-                        opener: torch.Tensor | None = None) -> Iterator:
-    """Yield ``(token (B,), hidden)`` per step; ``vocab``: the :class:`~anybind.chat.outputs.OutputVocab`.
+                        words: torch.Tensor | None = None, not_first: torch.Tensor | None = None) -> Iterator:
+    """Yield ``(token (B,), hidden)`` per step; ``vocab`` is the :class:`~anybind.chat.outputs.OutputVocab`.
 
-    Each output's ``[TOK0]`` competes with the text tokens (one gate logit per output), the rest
-    of its ``k`` tokens are forced after it; ``hidden`` (B, n, H) holds the final states of the
-    positions fed since the last yield (the prompt first). A row part-way through an output
-    finishes it past ``max_new_tokens``; ``max_outputs`` caps the outputs per row. ``boundaries``
-    (bool over the vocabulary): ``[TOK0]`` competes only first and after a marked token (a
-    sentence end); ``words``: a marked token never follows itself; ``not_first`` (ids): tokens no
-    answer begins with. An output whose request gate says the row's request does not ask for it is
-    not made there (``vocab.unasked``); a row asking for none may not begin with ``opener`` (ids)."""
+    Each output's first token ``[TOK0]`` competes with the text tokens (one gate logit per
+    output), the rest of its ``k`` tokens are forced after it. ``hidden`` (B, n, H) holds the
+    final hidden states of the positions fed since the last yield (the whole prompt first,
+    then one position each step); its last state is that of the position whose output
+    ``token`` is. A row part-way through an output finishes it even past ``max_new_tokens``.
+    ``boundaries`` (bool over the vocabulary) lets a ``[TOK0]`` compete only at the first step
+    and after a token marked True (a sentence end); ``max_outputs`` caps the outputs per row.
+    ``words`` (bool over the vocabulary, ``models.output.word_tokens``): a marked token never follows
+    itself; ``not_first`` (ids): tokens no row's answer may begin with."""
     steps = _Steps(attention_mask, options, stop_ids, inputs_embeds.device, words, not_first)
     base, head, table = model.base_model, model.get_output_embeddings(), model.get_input_embeddings()
     V, rows_of_outputs = vocab.vocab, vocab.table()
     firsts, lasts = (t.to(inputs_embeds.device) for t in vocab.bounds())
     request = None  # each row's state where its answer starts (the prompt is left-padded: its last position)
+
     def forward(embeds, past):
         out = base(inputs_embeds=embeds, attention_mask=steps.mask, position_ids=steps.positions,
                    past_key_values=past, use_cache=True)
@@ -154,7 +139,6 @@ def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torc
 
     logits, hidden, past = forward(inputs_embeds, None)
     request = hidden[:, -1]
-    unasked = steps.unasked(vocab, request, opener)  # (B, outputs)
     run_last = torch.full((steps.rows,), -1, dtype=torch.long, device=inputs_embeds.device)  # last id of the run a row is in
     made = torch.zeros(steps.rows, dtype=torch.long, device=inputs_embeds.device)
     boundaries, previous = boundaries.to(inputs_embeds.device) if boundaries is not None else None, None
@@ -162,7 +146,7 @@ def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torc
         blocked = made >= max_outputs
         if boundaries is not None and previous is not None:
             blocked |= ~(boundaries[previous.clamp(max=len(boundaries) - 1)] | (previous >= V))
-        logits[:, V:] = logits[:, V:].masked_fill(blocked[:, None] | unasked, float("-inf"))
+        logits[:, V:] = logits[:, V:].masked_fill(blocked[:, None], float("-inf"))
         if previous is not None:  # an output never follows itself straight away: the next one, or text
             just_made = (previous >= V) & (previous == run_last)  # ``owner`` is still the previous token's
             again = torch.nn.functional.one_hot(owner.clamp(min=0), len(firsts)).bool() & just_made[:, None]

@@ -40,15 +40,6 @@ class OutputVocab:
         ``request`` ``(B, H)``: each row's state where its answer starts (see ``GenerativeOutput.logit``)."""
         return torch.stack([o.logit(hidden, request) for o in self.outputs], dim=-1)
 
-    def unasked(self, request: torch.Tensor) -> torch.Tensor:
-        """``(B, H)`` states where each answer starts -> ``(B, outputs)``, True where that output's
-        request gate says the request does not ask for it (never for an output without one)."""
-        logits = [o.asked_logit(request) for o in self.outputs]
-        if not logits:
-            return torch.zeros(len(request), 0, dtype=torch.bool, device=request.device)
-        return torch.stack([torch.zeros(len(request), dtype=torch.bool, device=request.device) if z is None
-                            else (z <= 0).to(request.device) for z in logits], dim=-1)
-
     def owner(self, token_id: int) -> tuple[int, int] | None:
         """``(output index, j)`` of a generative id (``[TOK_j]`` of that output), None for a text id."""
         for index in reversed(range(len(self.firsts))):

@@ -68,7 +68,7 @@ def _answer(model, encoded, embeds, mask, options: SamplingOptions, vocab: Outpu
     else:
         steps = decode_with_outputs(backbone.model, embeds, mask, options, backbone.stop_ids, vocab,
                                     max_outputs=max_images, boundaries=model.boundaries, words=model.words,
-                                    not_first=not_first, opener=model.opener_start())
+                                    not_first=not_first)
     tracker = OutputStates(vocab, mask, [encoded.request_start]) if vocab is not None else None
     stream, stop = TextStream(backbone.tokenizer), set(backbone.stop_ids)
     first, reason, count, made, kinds = None, "length", 0, 0, {}

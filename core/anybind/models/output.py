@@ -50,12 +50,6 @@ class GenerativeOutputConfig:
     # a sentence's end the state says what the sentence was about more than what the request
     # asked for, so "Write one sentence about four." and "..., then draw it." looked alike there.
     request_gate: bool = False
-    # A second gate that reads only the request (the state where the answer starts, before any of
-    # its words): does it ask for this output at all? Where it says no, the output is not made and
-    # the answer may not begin as one that makes it. The [TOK0] gate alone followed the answer's
-    # first words: plain requests answered "Here is ..." were then drawn or spoken (bench/RESULTS.md,
-    # "plain requests after an attachment"). Instruct trains it (align-out's frozen LM does not).
-    asked_gate: bool = False
     recency: int = 256  # context positions further back than this share one recency embedding
     # Classifier-free guidance to draw with (None: the decoder's own). Projected conditioning
     # misses the caption's encoding by a residual; a stronger guidance scale follows the part
@@ -81,8 +75,6 @@ class GenerativeOutput(PretrainedMixin, nn.Module):
         # poorly along any single direction (measured: a linear row fired on most plain questions).
         self.head = nn.Sequential(nn.Linear(c.lm_width * (2 if c.request_gate else 1), c.width), nn.GELU(),
                                   nn.Linear(c.width, 1))
-        if c.asked_gate:
-            self.asked = self._asked_gate()
         # Standardisation of the [IMG] states, measured on the training conversations: what the
         # image should show is a small part of a frozen LM's final state (a few % of its norm),
         # and reading it relative to its spread across requests makes it the main signal.
@@ -144,29 +136,6 @@ class GenerativeOutput(PretrainedMixin, nn.Module):
                 raise ValueError("this output's gate reads the request: pass the state where the answer starts")
             hidden = torch.cat([hidden, request.float().to(hidden.device).expand_as(hidden)], dim=-1)
         return self.head(hidden).squeeze(-1)
-
-    def _asked_gate(self) -> nn.Module:
-        return nn.Sequential(nn.Linear(self.config.lm_width, self.config.width), nn.GELU(), nn.Linear(self.config.width, 1))
-
-    @torch.no_grad()
-    def add_asked_gate(self) -> None:
-        """Give this output a request-reading gate (see ``GenerativeOutputConfig.asked_gate``),
-        starting as the ``[TOK0]`` gate's reading of the request: every training of it (each seed
-        of an instruct soup) starts from the same weights, so their mean is a gate too (the means
-        of independently initialised ones were not: requests for speech came out near 0)."""
-        if self.config.asked_gate:
-            return
-        self.config.asked_gate = True
-        gate, first, last = self._asked_gate(), self.head[0], self.head[-1]
-        gate[0].weight.copy_(first.weight[:, -self.config.lm_width:])  # the request's half (or all) of its input
-        gate[0].bias.copy_(first.bias)
-        gate[-1].load_state_dict(last.state_dict())
-        self.asked = gate.to(self.embed.device)
-
-    def asked_logit(self, request: torch.Tensor) -> torch.Tensor | None:
-        """``(B, H)`` states where each answer starts -> ``(B,)`` logits that the request asks for
-        this output (> 0: it does); None for an output without that gate."""
-        return self.asked(request.float()).squeeze(-1) if self.config.asked_gate else None
 
     @property
     def reads_context(self) -> bool:

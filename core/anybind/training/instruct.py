@@ -114,15 +114,6 @@ class _Tuner(nn.Module):
                 hidden[r] = out[i, :len(tails[r].ids)]
         return prefix.hidden, hidden
 
-    def _asked_loss(self, batch: list[Dialogue], requests: torch.Tensor) -> torch.Tensor:
-        """Binary cross-entropy of every output's request gate on the ``(B, H)`` states where each
-        answer starts, against whether that answer makes the output."""
-        losses = []
-        for modality, output in self.outputs.items():
-            made = torch.tensor([float(any(m == modality for _, m, _ in d.outputs)) for d in batch], device=requests.device)
-            losses.append(F.binary_cross_entropy_with_logits(output.asked_logit(requests), made))
-        return torch.stack(losses).mean()
-
     def forward(self, batch: list[Dialogue]) -> tuple[torch.Tensor, dict]:
         model = self.chat.backbone.model
         opening, tails = self.hidden(batch)
@@ -136,10 +127,6 @@ class _Tuner(nn.Module):
         ce = F.cross_entropy(logits, ids)
         parts = {"ce": float(ce.detach())}
         loss = ce
-        if len(self.vocab):  # each request gate: does this answer make that output at all?
-            asked = self._asked_loss(batch, torch.stack([rows[r][d.targets[0][0]] for r, d in enumerate(batch)]))
-            loss = loss + self.settings.asked_weight * asked
-            parts["asked"] = float(asked.detach())
         for modality, output in self.outputs.items():
             made = [(row, start, caption) for row, d in enumerate(batch) for start, m, caption in d.outputs if m == modality]
             if not made:
@@ -325,8 +312,6 @@ def _train(stage: Stage, chat: ChatModel, dialogues: list[Dialogue], attachments
     for output in chat.outputs.values():
         output.train().requires_grad_(settings.image_output_lr_scale > 0)
         output.head.requires_grad_(True)  # the [TOK0] gate ("make one now?") follows the adapters at the full rate
-        output.add_asked_gate()  # and the request's ("does it ask for one?"), learnt here on the adapted LM
-        output.asked.requires_grad_(True)
     from anybind.models.backbone import quiet_peft
 
     with quiet_peft():
@@ -343,7 +328,7 @@ def _train(stage: Stage, chat: ChatModel, dialogues: list[Dialogue], attachments
         last.update(parts)
         return loss
 
-    scales = {f"outputs.{m}.{gate}.": 1.0 for m in chat.outputs for gate in ("head", "asked")}
+    scales = {f"outputs.{m}.head.": 1.0 for m in chat.outputs}
     loop = LoopSettings(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
                         save_every=settings.save_every, progress=settings.progress,
                         lr_scales={**scales, "outputs.": settings.image_output_lr_scale})

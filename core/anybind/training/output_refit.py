@@ -22,8 +22,8 @@ import torch
 from anybind.chat.outputs import pad_contexts
 from anybind.models.losses import conditioning_loss
 
-#: The parts of a GenerativeOutput the LM itself depends on, and its gates: they stay as instruct left them.
-_LM_SIDE = ("embed", "head.", "asked.")
+#: The parts of a GenerativeOutput the LM itself depends on: they stay as instruct left them.
+_LM_SIDE = ("embed", "head.")
 
 
 def collect_output_states(tuner, dialogues, batch_size: int) -> dict[str, list[tuple]]:

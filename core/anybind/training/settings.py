@@ -100,7 +100,6 @@ class InstructSettings:
     # to 0.82-0.87. Each output's [TOK0] gate ("make one now?") always trains at the full rate.
     image_output_lr_scale: float = 0.0
     contrast_weight: float = 0.05  # as in align-out: each drawing's conditioning nearest its own caption
-    asked_weight: float = 1.0  # each output's request gate (models.output, ``asked_gate``): its cross-entropy's weight
     contrast_temperature: float = 0.02
     # After the adapters: each output projector fitted again to the LM's new states for this many
     # steps (0: not; anybind.training.output_refit), batches of refit_batch_size, at refit_lr.
