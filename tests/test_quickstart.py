@@ -130,6 +130,7 @@ def test_the_first_answer_binds_only_the_towers_its_demo_reads(every_world, tmp_
 def test_instruct_trains_again_once_a_tower_is_bound_after_it(tmp_path):
     from anybind.layout import ChatDir
     from anybind.training.instruct import _outgrown
+
     (tmp_path / "bind").mkdir()
     (tmp_path / "bind" / "config.json").write_text(json.dumps({"modalities": ["image"]}))
     chat = ChatDir(tmp_path / "chat")

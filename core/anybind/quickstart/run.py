@@ -12,9 +12,10 @@ further installed output (e.g. speech) comes after that answer, so it never dela
 decoder trains in the background beside its align-out, instruct trains again with every output,
 and the demo runs again. So do the towers: the first answer reads only the binding modality's
 (images, which align-in trains on) and those its demo attaches (speech); every other tower (point
-clouds, video) binds after it, beside the further decoders, and instruct again reads them too. While the world is built (which leaves a core mostly idle) another
-background process loads the LM backbone once, so that a backbone which converts its weights
-on first use (SmolLM2 from its GGUF) is ready in the cache when align-in starts.
+clouds, video) binds after it, beside the further decoders, and instruct again reads them too.
+While the world is built (which leaves a core mostly idle) another background process loads the
+LM backbone once, so that a backbone which converts its weights on first use (SmolLM2 from its
+GGUF) is ready in the cache when align-in starts.
 
 Everything goes under one run directory (:class:`anybind.layout.RunLayout`, default
 ``runs/quickstart``), plus ``demo.html`` (the demo conversation, outputs inline),

@@ -154,7 +154,8 @@ def _attachments(chat: ChatModel, manifest: Manifest, per_modality: int, seed: i
 
     rng = random.Random(seed)
     out: dict[str, list[tuple[Attachment, str]]] = {}
-    present = [m for m in manifest.modalities() if m in readable(chat.modalities)]
+    towers = readable(chat.modalities)
+    present = [m for m in manifest.modalities() if m in towers]
     for modality in tqdm(present, desc="instruct: embedding attachments", unit="modality", leave=False, disable=not progress):
         rows = [r for r in manifest.select("train", has=(modality,)) if "label" in r]
         rows = rng.sample(rows, min(per_modality, len(rows)))
