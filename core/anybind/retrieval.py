@@ -8,6 +8,7 @@ from anybind import plugins
 from anybind.data.manifest import read_manifest
 from anybind.errors import AnybindError
 from anybind.models.space import embed_rows, resolve_input
+from anybind.specs import attachable
 
 
 def corpus_files(corpus: Path | str) -> list[str]:
@@ -16,7 +17,7 @@ def corpus_files(corpus: Path | str) -> list[str]:
     corpus = Path(corpus)
     if corpus.is_file() or (corpus / "manifest.jsonl").is_file():
         parsed = read_manifest(corpus)
-        return [row[m] for row in parsed.rows for m in parsed.modalities() if m in row and m != "text"]
+        return [row[m] for row in parsed.rows for m in attachable(parsed.modalities(), row)]
     known = {s for spec in plugins.modalities().values() for s in spec.suffixes}
     return sorted(str(p) for p in corpus.rglob("*") if p.is_file() and p.suffix.lower() in known)
 

@@ -19,6 +19,14 @@ Factory = Union[str, Callable[..., Any]]
 #: The modality every other one is bound to (ImageBind's recipe): it alone trains against text,
 #: and the input projector trained on it reads every modality that has no projector of its own.
 BINDING_MODALITY = "image"
+#: The questions' own modality: the text tower reads them, and no file is attached in it.
+TEXT_MODALITY = "text"
+
+
+def attachable(modalities, *within) -> list[str]:
+    """Of ``modalities``, in their order, those a file can be attached in (every one but text)
+    that are also in each collection of ``within`` (e.g. a manifest's columns, the installed plugins)."""
+    return [m for m in modalities if m != TEXT_MODALITY and all(m in w for w in within)]
 
 
 def resolve(factory: Factory, *, what: str = "factory") -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from anybind.data.manifest import Manifest, read_manifest
 from anybind.errors import InputError
-from anybind.specs import BINDING_MODALITY
+from anybind.specs import BINDING_MODALITY, attachable
 from anybind.models.space import AnybindModel, embed_rows
 
 
@@ -41,7 +41,7 @@ def evaluate_bind(model: AnybindModel, manifest: Manifest | Path | str, modaliti
     test_images, image_emb = embed_rows(model, manifest.select("test", has=(BINDING_MODALITY, "label")), BINDING_MODALITY) \
         if BINDING_MODALITY in model.towers else ([], None)
     image_y = np.array([label_index[r["label"]] for r in test_images])
-    wanted = modalities or [m for m in model.modalities if m != "text" and m in manifest.modalities()]
+    wanted = modalities or attachable(model.modalities, manifest.modalities())
     results = {}
     for modality in wanted:
         test_rows, emb = embed_rows(model, manifest.select("test", has=(modality, "label")), modality)

@@ -7,7 +7,7 @@ from pathlib import Path
 from anybind.chat.conversation import Attachment
 from anybind.data.manifest import Manifest, read_manifest
 from anybind.errors import InputError
-from anybind.specs import BINDING_MODALITY
+from anybind.specs import BINDING_MODALITY, attachable
 from anybind.models.space import embed_rows
 
 
@@ -47,7 +47,7 @@ def evaluate_chat(model, manifest: Manifest | Path | str, modalities: list[str] 
     if not manifest.labels:
         raise InputError(manifest.path, "has no labels: chat evaluation needs a 'label' on each row")
     question = manifest.question or "What is this?"
-    wanted = modalities or [m for m in model.modalities if m != "text" and m in manifest.modalities()]
+    wanted = modalities or attachable(model.modalities, manifest.modalities())
     results = {}
     for modality in wanted:
         rows = manifest.select("test", has=(modality, "label"))

@@ -29,6 +29,7 @@ from anybind.data.prompts import EVAL_PLAIN, EVAL_SAY_AGAIN, EVAL_SEVERAL
 from anybind.errors import InputError
 from anybind.eval.chat import mentioned_label, mentioned_labels
 from anybind.models.space import embed_rows
+from anybind.specs import attachable
 
 BEHAVIOURS = ("current", "plain", "refer_back_make", "refer_back_say", "subject_change", "several")
 #: conversations scored by default (about 110 s for SmolLM2 on 2 cores): at 30, a behaviour's
@@ -70,7 +71,7 @@ def _scripts(manifest: Manifest, pool: list[tuple[Attachment, str]], prompts, rn
 
 def _pool(model, manifest: Manifest, per_modality: int, rng: random.Random) -> list[tuple[Attachment, str]]:
     pool = []
-    for modality in [m for m in model.modalities if m != "text" and m in manifest.modalities()]:
+    for modality in attachable(model.modalities, manifest.modalities()):
         rows = [r for r in manifest.select("test", has=(modality, "label"))]
         rows, embeddings = embed_rows(model, rng.sample(rows, min(per_modality, len(rows))), modality)
         pool += [(Attachment(modality, r[modality], e), r["label"]) for r, e in zip(rows, embeddings)]

@@ -24,7 +24,7 @@ from torch import nn
 from anybind import plugins
 from anybind.data.manifest import Manifest, read_manifest
 from anybind.errors import AnybindError, InputError
-from anybind.specs import BINDING_MODALITY
+from anybind.specs import BINDING_MODALITY, attachable
 from anybind.models.feature_cache import FeatureCache, caches
 from anybind.models.losses import BindLoss
 from anybind.models.space import Tower, update_bound_index
@@ -292,8 +292,7 @@ def train_bind(manifest_path: Path | str, out: Path | str, modalities: list[str]
 
 def _wanted(manifest: Manifest, modalities: list[str] | None) -> list[str]:
     """The modalities to bind: those asked (each installed and in the manifest), else every installed one present."""
-    installed = plugins.modalities()
-    wanted = modalities or [m for m in manifest.modalities() if m in installed and m != "text"]
+    wanted = modalities or attachable(manifest.modalities(), plugins.modalities())
     for m in wanted:
         plugins.get_modality(m)  # clear error if not installed
         if m not in manifest.modalities():

@@ -44,6 +44,7 @@ from anybind.layout import DONE_NAME, ChatDir, decoder_reference_for, output_dir
 from anybind.models.decoders import load_prompt_encoder, parse_reference
 from anybind.models.space import embed_rows
 from anybind.persistence import read_config
+from anybind.specs import attachable
 from anybind.training.dialogues import OWN, Dialogue, encode_dialogue, make_dialogues
 from anybind.training.output_refit import collect_output_states, output_loss, refit_output
 from anybind.training.settings import InstructSettings
@@ -144,8 +145,7 @@ class _Tuner(nn.Module):
 
 def readable(bound: list[str]) -> list[str]:
     """Of a bound model's towers, those of attachments (installed; text is the question itself)."""
-    installed = plugins.modalities()
-    return sorted(m for m in bound if m != "text" and m in installed)
+    return sorted(attachable(bound, plugins.modalities()))
 
 
 def _attachments(chat: ChatModel, manifest: Manifest, per_modality: int, seed: int, progress: bool):
