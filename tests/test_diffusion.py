@@ -274,6 +274,45 @@ def test_an_answer_that_begins_as_if_it_drew_and_draws_nothing_is_decoded_again(
     assert [e.type for e in events][0] == "image" and events[-1].usage["images"] == 1
 
 
+def test_an_output_its_request_does_not_ask_for_is_not_made_and_not_begun(drawing_chat, tmp_path):
+    """A model whose [IMG0] gate always wins: with a request gate that says no, nothing is drawn and
+    the answer may not begin as one that draws (batch and streamed alike); one that says yes draws;
+    and the gate survives saving."""
+    from anybind.chat.batch import greedy_answers
+    from anybind.chat.decode import _Steps
+    from anybind.models.output import GenerativeOutput
+
+    model = ChatModel.from_pretrained(always_draws(drawing_chat, tmp_path / "draws"))
+    conversations = [model.conversation(p) for p in ("Draw a seven.", "Hello there.")]
+    output = model.output("image")
+    assert output.asked_logit(torch.zeros(2, output.config.asked_width)) is None  # none until instruct fits it
+    output.asked, output.config.asked_gate = output.new_asked_gate(), True
+    torch.nn.init.zeros_(output.asked.weight)
+    with torch.no_grad():
+        output.asked.bias.fill_(1e4)  # asked: drawn as before
+    assert all(a.outputs for a in greedy_answers(model, conversations, max_new_tokens=6, make=True))
+    with torch.no_grad():
+        output.asked.bias.fill_(-1e4)  # not asked
+    model.opener = ""
+    free = greedy_answers(model, conversations, max_new_tokens=6, make=True)
+    assert not any(a.outputs for a in free) and all(a.text for a in free)
+    tokenizer = model.backbone.tokenizer
+    model.opener = tokenizer.decode(tokenizer(free[0].text, add_special_tokens=False)["input_ids"][:1])
+    refused = greedy_answers(model, conversations, max_new_tokens=6, make=True)
+    assert not refused[0].text.startswith(model.opener) and not any(a.outputs for a in refused)
+    events = list(model.generate("Draw a seven.", max_new_tokens=6))
+    assert "image" not in [e.type for e in events] and events[-1].text.strip() == refused[0].text
+    # each row is refused its own way: the first row may not begin with token 3, the second may
+    steps = _Steps(torch.ones(2, 4, dtype=torch.long), SamplingOptions(max_new_tokens=2), [], "cpu")
+    steps.refuse_first(torch.tensor([3]), torch.tensor([True, False]))
+    logits = torch.zeros(2, 6)
+    logits[:, 3], logits[:, 5] = 2.0, 1.0
+    assert steps.pick(logits).tolist() == [5, 3]
+    request = torch.randn(3, output.config.asked_width)
+    again = GenerativeOutput.from_pretrained(output.save_pretrained(tmp_path / "output"))
+    assert again.config.asked_gate and torch.equal(again.asked_logit(request), output.asked_logit(request))
+
+
 def test_eval_generate_prints_each_part_with_its_own_examples(drawing_chat, small_world, tmp_path):
     """A model that always draws: every request for a sentence is answered with a drawing, so both
     the write-then-draw and the words-alone lines have examples, each printed under its own line."""

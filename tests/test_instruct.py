@@ -274,12 +274,40 @@ def test_instruct_trains_adapters_and_leaves_earlier_stages_untouched(instructed
     assert record["refit_image_mse_after"] < record["refit_image_mse_before"]
     aligned = load_file(str(chat / "image_output" / "model.safetensors"))
     tuned = load_file(str(chat / "instruct" / "image_output" / "model.safetensors"))
-    assert aligned.keys() == tuned.keys()
+    # ...and a request gate of its own, on the request's words: does it ask for a drawing at all?
+    assert aligned.keys() == {k for k in tuned if not k.startswith("asked.")} and "asked.weight" in tuned
+    assert json.loads((chat / "instruct" / "image_output" / "config.json").read_text())["asked_gate"] is True
+    assert record["asked_image"] > 0.9  # of instruct's own requests
     changed = {k for k in aligned if not torch.equal(aligned[k], tuned[k])}
     assert any(k.startswith("head.") for k in changed) and any(k.startswith("blocks.") for k in changed), changed
     assert "embed" not in changed  # the [IMG] rows the LM reads stay as align-out left them
     again = run_cli("train", "instruct", "--model", str(chat))
     assert again.returncode == 0 and "already trained" in again.stdout
+
+
+def test_a_request_gate_tells_requests_for_a_drawing_from_others_phrased_as_instruct_never_does(small_world):
+    """Fitted on instruct's requests, it reads the words through the sentence encoder, so wordings
+    it never saw land on their side."""
+    from anybind_diffusion.prompts import PROMPTS
+
+    from anybind.chat.outputs import OutputVocab
+    from anybind.models.output import GenerativeOutput, GenerativeOutputConfig
+    from anybind.training.asked_gate import fit_request_gates
+
+    manifest = read_manifest(small_world)
+    att = {m: [(Attachment(m, f"{m}.x", torch.zeros(4)), label) for label in manifest.labels] for m in ("image", "audio")}
+    dialogues = make_dialogues(manifest, att, 480, seed=0, outputs={"image": PROMPTS})
+    output = GenerativeOutput(GenerativeOutputConfig(lm_width=16, width=8, cond_tokens=2, cond_width=4))
+    record = fit_request_gates({"image": output}, dialogues, steps=500, lr=1e-2, weight_decay=0.01, seed=0)
+    assert record["asked_image"] > 0.95
+    seen = {d.turns[-1].text for d in dialogues}
+    unseen = ["Could you sketch a three?", "Make an image of the number one.", "Tell me a fun fact about owls.",
+              "What is the opposite of hot?", "Greet my class politely."]
+    assert not seen & set(unseen)
+    unasked = OutputVocab([output], 10).unasked(unseen)
+    assert unasked[:, 0].tolist() == [False, False, True, True, True]
+    ungated = GenerativeOutput(GenerativeOutputConfig(lm_width=16, width=8, cond_tokens=2, cond_width=4))
+    assert OutputVocab([ungated], 10).unasked(unseen) is None  # no gate: nothing refused, no encoder loaded
 
 
 def test_load_merges_the_adapter(instructed):

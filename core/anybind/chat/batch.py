@@ -48,8 +48,9 @@ def greedy_answers(model, conversations: Sequence[list[Turn]], *, max_new_tokens
         soft = [model.soft_tokens_for(e, projector) for e in chunk]
         embeds, mask = input_embeddings(model.backbone, chunk, soft, pad_left=True)
         if make and model.outputs:
-            answers += _with_outputs(model, embeds, mask, [e.request_start for e in chunk], max_new_tokens, seed, steps,
-                                    max_outputs)
+            requests = [turns[-1].text for turns in conversations[start:start + size]]
+            answers += _with_outputs(model, embeds, mask, [e.request_start for e in chunk], requests, max_new_tokens, seed,
+                                    steps, max_outputs)
         else:
             tokens = list(decode_text(model.backbone.model, embeds, mask, SamplingOptions(max_new_tokens),
                                       model.backbone.stop_ids, prefix=prefix))
@@ -58,22 +59,25 @@ def greedy_answers(model, conversations: Sequence[list[Turn]], *, max_new_tokens
     return answers
 
 
-def _with_outputs(model, embeds, mask, request_starts: list[int], max_new_tokens: int, seed: int, steps: int | None,
-                  max_outputs: int) -> list[Answer]:
-    """Answers that may make outputs; one that began as if it made one and made none is decoded
-    again without that beginning (:func:`~anybind.chat.outputs.broke_promise`), as chat streams it."""
-    answers = _decode_making(model, embeds, mask, request_starts, max_new_tokens, seed, steps, max_outputs)
+def _with_outputs(model, embeds, mask, request_starts: list[int], requests: list[str], max_new_tokens: int, seed: int,
+                  steps: int | None, max_outputs: int) -> list[Answer]:
+    """Answers that may make outputs (none a row's request gate says it does not ask for; ``requests``:
+    each row's words); one that began as if it made one and made none is decoded again without that
+    beginning (:func:`~anybind.chat.outputs.broke_promise`), as chat streams it."""
+    unasked = OutputVocab(list(model.outputs.values()), model.backbone.vocab_size).unasked(requests)
+    answers = _decode_making(model, embeds, mask, request_starts, max_new_tokens, seed, steps, max_outputs, unasked)
     again = [row for row, a in enumerate(answers) if broke_promise(a.text, len(a.outputs), model.opener)]
     if again:
         redone = _decode_making(model, embeds[again], mask[again], [request_starts[row] for row in again],
-                                max_new_tokens, seed, steps, max_outputs, not_first=model.opener_start())
+                                max_new_tokens, seed, steps, max_outputs, None if unasked is None else unasked[again],
+                                not_first=model.opener_start())
         for row, answer in zip(again, redone):
             answers[row] = answer
     return answers
 
 
 def _decode_making(model, embeds, mask, request_starts: list[int], max_new_tokens: int, seed: int, steps: int | None,
-                   max_outputs: int, not_first: torch.Tensor | None = None) -> list[Answer]:
+                   max_outputs: int, unasked: torch.Tensor | None, not_first: torch.Tensor | None = None) -> list[Answer]:
     backbone = model.backbone
     vocab = OutputVocab(list(model.outputs.values()), backbone.vocab_size)
     tracker = OutputStates(vocab, mask, request_starts)
@@ -81,7 +85,8 @@ def _decode_making(model, embeds, mask, request_starts: list[int], max_new_token
     pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
     for token, hidden in decode_with_outputs(backbone.model, embeds, mask, SamplingOptions(max_new_tokens),
                                              backbone.stop_ids, vocab, max_outputs=max_outputs, boundaries=model.boundaries,
-                                             words=model.words, not_first=not_first):
+                                             words=model.words, not_first=not_first, unasked=unasked,
+                                             opener=model.opener_start()):
         pending += tracker.push(token, hidden)
         for row, token_id in enumerate(token.tolist()):
             ids[row].append(token_id)

@@ -39,7 +39,8 @@ class _Steps:
                  words: torch.Tensor | None = None, not_first: torch.Tensor | None = None):
         self.options = options
         self.words = words.to(device) if words is not None else None  # see models.output.word_tokens
-        self.not_first = not_first.to(device) if not_first is not None else None  # ids no answer begins with
+        # (ids, rows): tokens those rows' answers may not begin with (rows None: every row)
+        self.not_first = [(not_first.to(device), None)] if not_first is not None else []
         self.last: torch.Tensor | None = None
         self.generator = None
         if options.seed is not None:
@@ -51,10 +52,17 @@ class _Steps:
         self.finished = torch.zeros(self.rows, dtype=torch.bool, device=device)
         self.step = 0
 
+    def refuse_first(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
+        """The rows marked in ``rows`` (B,) may not begin their answer with any of ``ids``."""
+        if bool(rows.any()):
+            self.not_first.append((ids.to(rows.device), rows))
+
     def pick(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.not_first is not None and self.step == 0:
+        if self.not_first and self.step == 0:
             logits = logits.clone()
-            logits[:, self.not_first] = float("-inf")
+            for ids, rows in self.not_first:
+                chosen = slice(None) if rows is None else rows.nonzero()[:, :1]
+                logits[chosen, ids] = float("-inf")
         if self.words is not None and self.last is not None:  # a word never follows itself
             repeated = (self.last < len(self.words)) & self.words[self.last.clamp(max=len(self.words) - 1)]
             if bool(repeated.any()):
@@ -112,7 +120,8 @@ def decode_text(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
 @torch.inference_mode()
 def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, options: SamplingOptions,
                         stop_ids, vocab, *, max_outputs: int = 4, boundaries: torch.Tensor | None = None,
-                        words: torch.Tensor | None = None, not_first: torch.Tensor | None = None) -> Iterator:
+                        words: torch.Tensor | None = None, not_first: torch.Tensor | None = None,
+                        unasked: torch.Tensor | None = None, opener: torch.Tensor | None = None) -> Iterator:
     """Yield ``(token (B,), hidden)`` per step; ``vocab`` is the :class:`~anybind.chat.outputs.OutputVocab`.
 
     Each output's first token ``[TOK0]`` competes with the text tokens (one gate logit per
@@ -123,7 +132,9 @@ def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torc
     ``boundaries`` (bool over the vocabulary) lets a ``[TOK0]`` compete only at the first step
     and after a token marked True (a sentence end); ``max_outputs`` caps the outputs per row.
     ``words`` (bool over the vocabulary, ``models.output.word_tokens``): a marked token never follows
-    itself; ``not_first`` (ids): tokens no row's answer may begin with."""
+    itself; ``not_first`` (ids): tokens no row's answer may begin with. ``unasked`` ``(B, outputs)``
+    (``vocab.unasked``): outputs a row's request does not ask for, never made in that row; a row
+    whose request asks for none may not begin with ``opener`` (ids: how outputs are announced)."""
     steps = _Steps(attention_mask, options, stop_ids, inputs_embeds.device, words, not_first)
     base, head, table = model.base_model, model.get_output_embeddings(), model.get_input_embeddings()
     V, rows_of_outputs = vocab.vocab, vocab.table()
@@ -139,6 +150,11 @@ def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torc
 
     logits, hidden, past = forward(inputs_embeds, None)
     request = hidden[:, -1]
+    if unasked is None:
+        unasked = torch.zeros(steps.rows, len(firsts), dtype=torch.bool)
+    unasked = unasked.to(inputs_embeds.device)
+    if opener is not None and unasked.shape[1]:
+        steps.refuse_first(opener, unasked.all(-1))
     run_last = torch.full((steps.rows,), -1, dtype=torch.long, device=inputs_embeds.device)  # last id of the run a row is in
     made = torch.zeros(steps.rows, dtype=torch.long, device=inputs_embeds.device)
     boundaries, previous = boundaries.to(inputs_embeds.device) if boundaries is not None else None, None
@@ -146,7 +162,7 @@ def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torc
         blocked = made >= max_outputs
         if boundaries is not None and previous is not None:
             blocked |= ~(boundaries[previous.clamp(max=len(boundaries) - 1)] | (previous >= V))
-        logits[:, V:] = logits[:, V:].masked_fill(blocked[:, None], float("-inf"))
+        logits[:, V:] = logits[:, V:].masked_fill(blocked[:, None] | unasked, float("-inf"))
         if previous is not None:  # an output never follows itself straight away: the next one, or text
             just_made = (previous >= V) & (previous == run_last)  # ``owner`` is still the previous token's
             again = torch.nn.functional.one_hot(owner.clamp(min=0), len(firsts)).bool() & just_made[:, None]

@@ -200,8 +200,9 @@ class ChatModel:
         return self._words
 
     def opener_start(self) -> torch.Tensor:
-        """The token an answer that makes an output begins with (``"Here"``): an answer decoded
-        again because it began so and made nothing may not begin with it."""
+        """The token an answer that makes an output begins with (``"Here"``; none for an empty
+        opener): an answer decoded again because it began so and made nothing may not begin with
+        it, nor may one whose request asks for no output (``chat.decode``)."""
         return torch.tensor(self.backbone.tokenizer(self.opener, add_special_tokens=False)["input_ids"][:1], dtype=torch.long)
 
     def _classify_tokens(self) -> None:

@@ -9,7 +9,11 @@ output projector reads once an output's tokens are complete.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
+
+from anybind.chat.requests import request_embeddings
 
 
 class OutputVocab:
@@ -39,6 +43,17 @@ class OutputVocab:
         """``(B, H)`` final states -> ``(B, outputs)`` logits of each output's ``[TOK0]``;
         ``request`` ``(B, H)``: each row's state where its answer starts (see ``GenerativeOutput.logit``)."""
         return torch.stack([o.logit(hidden, request) for o in self.outputs], dim=-1)
+
+    def unasked(self, requests: Sequence[str]) -> torch.Tensor | None:
+        """``(B, outputs)`` for the words of each row's request: True where that output's request
+        gate says the request does not ask for it (never for an output without one); None when no
+        output has one (the sentence encoder is then never loaded)."""
+        if not any(o.config.asked_gate for o in self.outputs):
+            return None
+        embeddings = request_embeddings(requests)
+        columns = [torch.zeros(len(requests), dtype=torch.bool) if not o.config.asked_gate
+                   else (o.asked_logit(embeddings) < o.config.asked_threshold).cpu() for o in self.outputs]
+        return torch.stack(columns, dim=-1)
 
     def owner(self, token_id: int) -> tuple[int, int] | None:
         """``(output index, j)`` of a generative id (``[TOK_j]`` of that output), None for a text id."""

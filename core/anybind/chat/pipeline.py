@@ -39,7 +39,9 @@ def respond(model, turns: list[Turn], options: SamplingOptions | None = None, *,
     #    that begins as one that makes an output ("Here is ...") is held back until it makes one;
     #    if it ends having made none, it is decoded again without that beginning.
     vocab = OutputVocab(list(model.outputs.values()), backbone.vocab_size) if draw and model.outputs else None
-    attempt = _answer(model, encoded, embeds, mask, options, vocab, max_images, image_steps, began)
+    #    An output the request's words do not ask for (its request gate says so) is never made.
+    unasked = vocab.unasked([turns[-1].text]) if vocab is not None else None
+    attempt = _answer(model, encoded, embeds, mask, options, vocab, max_images, image_steps, began, unasked)
     if vocab is None:
         yield from attempt
         return
@@ -51,7 +53,7 @@ def respond(model, turns: list[Turn], options: SamplingOptions | None = None, *,
             continue
         if held is not None and isinstance(event, DoneEvent) and broke_promise(event.text, event.usage["outputs"],
                                                                                model.opener):
-            yield from _answer(model, encoded, embeds, mask, options, vocab, max_images, image_steps, began,
+            yield from _answer(model, encoded, embeds, mask, options, vocab, max_images, image_steps, began, unasked,
                                not_first=model.opener_start())
             return
         yield from held or ()
@@ -60,7 +62,7 @@ def respond(model, turns: list[Turn], options: SamplingOptions | None = None, *,
 
 
 def _answer(model, encoded, embeds, mask, options: SamplingOptions, vocab: OutputVocab | None, max_images: int,
-            image_steps: int | None, began: float, not_first=None) -> Iterator:
+            image_steps: int | None, began: float, unasked=None, not_first=None) -> Iterator:
     """One decode of the answer: its text pieces and outputs in order, then a :class:`DoneEvent`."""
     backbone = model.backbone
     if vocab is None:
@@ -68,7 +70,7 @@ def _answer(model, encoded, embeds, mask, options: SamplingOptions, vocab: Outpu
     else:
         steps = decode_with_outputs(backbone.model, embeds, mask, options, backbone.stop_ids, vocab,
                                     max_outputs=max_images, boundaries=model.boundaries, words=model.words,
-                                    not_first=not_first)
+                                    not_first=not_first, unasked=unasked, opener=model.opener_start())
     tracker = OutputStates(vocab, mask, [encoded.request_start]) if vocab is not None else None
     stream, stop = TextStream(backbone.tokenizer), set(backbone.stop_ids)
     first, reason, count, made, kinds = None, "length", 0, 0, {}

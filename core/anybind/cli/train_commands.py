@@ -213,12 +213,15 @@ def train_align_out_command(manifest, model_dir, decoder, steps, batch_size, lr,
                    "at the first adapted layer).")
 @click.option("--refit-steps", type=click.IntRange(0), default=InstructSettings.refit_steps, show_default=True,
               help="After the adapters, each output projector trains this many steps on the adapted LM's states (0: not).")
+@click.option("--request-gates/--no-request-gates", default=InstructSettings.request_gates, show_default=True,
+              help="Then give each output a request gate: does the request (its words) ask for it at all?")
 @click.option("--retrain", is_flag=True, help="Train again even if already trained.")
 @click.option("--seed", type=int, default=InstructSettings.seed, show_default=True)
 @click.option("--seeds", type=click.IntRange(1), default=InstructSettings.seeds, show_default=True,
               help="Train this many times (seeds SEED, SEED+1, ...) and keep the mean: steadier gates, N times the time.")
 def train_instruct_command(manifest, model_dir, steps, several_outputs_scale, batch_size, lr, rank, layers, conversations,
-                           image_output_lr_scale, train_projectors, refit_steps, retrain, seed, seeds):
+                           image_output_lr_scale, train_projectors, refit_steps, request_gates, retrain, seed,
+                           seeds):
     """LoRA on the LM, with the projectors, over multi-turn conversations in every modality."""
     from anybind.training.instruct import train_instruct
 
@@ -227,7 +230,8 @@ def train_instruct_command(manifest, model_dir, steps, several_outputs_scale, ba
     settings = InstructSettings(steps=steps, several_outputs_scale=several_outputs_scale, batch_size=batch_size, lr=lr,
                                 rank=rank, layers=layers,
                                 conversations=conversations, image_output_lr_scale=image_output_lr_scale,
-                                train_projectors=train_projectors, refit_steps=refit_steps, seed=seed, seeds=seeds)
+                                train_projectors=train_projectors, refit_steps=refit_steps,
+                                request_gates=request_gates, seed=seed, seeds=seeds)
     r = train_instruct(manifest, model_dir, settings, retrain=retrain)
     if not r.get("skipped"):
         times = f" x {len(r['seeds'])} seeds, kept as their mean," if r.get("seeds") else ""

@@ -50,6 +50,16 @@ class GenerativeOutputConfig:
     # a sentence's end the state says what the sentence was about more than what the request
     # asked for, so "Write one sentence about four." and "..., then draw it." looked alike there.
     request_gate: bool = False
+    # A second gate: does the request ask for this output at all? It reads the request's words
+    # through the sentence encoder (anybind.chat.requests), not the LM's state, and where it says
+    # no (logit below ``asked_threshold``) the output is not made, nor may an answer asking for no
+    # output begin as one that makes one. The [TOK0] gate alone followed the answer's first words:
+    # unfamiliar plain requests answered "Here is ..." were drawn or spoken. A gate on the LM's
+    # state refused requests phrased as instruct never phrases them; the sentence encoder's space
+    # carries over phrasings (bench/RESULTS.md, "a request gate on the request's words").
+    asked_gate: bool = False
+    asked_width: int = 384  # the sentence encoder's width
+    asked_threshold: float = -1.0  # refuse only what the gate is fairly sure is not asked
     recency: int = 256  # context positions further back than this share one recency embedding
     # Classifier-free guidance to draw with (None: the decoder's own). Projected conditioning
     # misses the caption's encoding by a residual; a stronger guidance scale follows the part
@@ -75,6 +85,8 @@ class GenerativeOutput(PretrainedMixin, nn.Module):
         # poorly along any single direction (measured: a linear row fired on most plain questions).
         self.head = nn.Sequential(nn.Linear(c.lm_width * (2 if c.request_gate else 1), c.width), nn.GELU(),
                                   nn.Linear(c.width, 1))
+        if c.asked_gate:
+            self.asked = self.new_asked_gate()
         # Standardisation of the [IMG] states, measured on the training conversations: what the
         # image should show is a small part of a frozen LM's final state (a few % of its norm),
         # and reading it relative to its spread across requests makes it the main signal.
@@ -136,6 +148,18 @@ class GenerativeOutput(PretrainedMixin, nn.Module):
                 raise ValueError("this output's gate reads the request: pass the state where the answer starts")
             hidden = torch.cat([hidden, request.float().to(hidden.device).expand_as(hidden)], dim=-1)
         return self.head(hidden).squeeze(-1)
+
+    def new_asked_gate(self) -> nn.Module:
+        """An untrained request gate (see ``GenerativeOutputConfig.asked_gate``): a request's
+        sentence embedding, ``(B, asked_width)``, -> ``(B, 1)``."""
+        return nn.Linear(self.config.asked_width, 1)
+
+    def asked_logit(self, request: torch.Tensor) -> torch.Tensor | None:
+        """``(B, asked_width)`` sentence embeddings of the requests -> ``(B,)``: how surely each asks
+        for this output (it does not below ``asked_threshold``); None for an output without that gate."""
+        if not self.config.asked_gate:
+            return None
+        return self.asked(request.float().to(self.embed.device)).squeeze(-1)
 
     @property
     def reads_context(self) -> bool:

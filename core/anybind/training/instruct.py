@@ -45,6 +45,7 @@ from anybind.models.decoders import load_prompt_encoder, parse_reference
 from anybind.models.space import embed_rows
 from anybind.persistence import read_config
 from anybind.specs import attachable
+from anybind.training.asked_gate import fit_request_gates
 from anybind.training.dialogues import OWN, Dialogue, encode_dialogue, make_dialogues
 from anybind.training.output_refit import collect_output_states, output_loss, refit_output
 from anybind.training.settings import InstructSettings
@@ -336,6 +337,13 @@ def _train(stage: Stage, chat: ChatModel, dialogues: list[Dialogue], attachments
     seconds = stage.run_loop(module=tuner, n_rows=len(dialogues), step_fn=step_fn, loop=loop, report=lambda _: dict(last))
     if settings.refit_steps:
         last.update(_refit(stage, tuner, dialogues, settings))
+    if settings.request_gates:
+        gates = fit_request_gates(chat.outputs, dialogues, steps=settings.request_gate_steps, lr=settings.request_gate_lr,
+                                  weight_decay=settings.request_gate_weight_decay, seed=settings.seed)
+        for key, value in sorted(gates.items()):
+            say(stage.accelerator, f"instruct: {key.removeprefix('asked_')} request gate right on {value:.3f} of "
+                                   "instruct's requests")
+        last.update(gates)
     record = {"steps": settings.steps, "seconds": round(seconds, 2), "conversations": len(dialogues),
               "modalities": sorted(attachments), "outputs": sorted(chat.outputs),
               "rank": settings.rank, "layers": settings.layers, "lr": settings.lr, "batch_size": settings.batch_size,

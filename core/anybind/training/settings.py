@@ -106,6 +106,12 @@ class InstructSettings:
     refit_steps: int = 150
     refit_batch_size: int = 32
     refit_lr: float = 1e-3
+    # Then each output's request gate ("does the request ask for it?", on the request's words;
+    # anybind.training.asked_gate), fitted on instruct's requests.
+    request_gates: bool = True
+    request_gate_steps: int = 500
+    request_gate_lr: float = 1e-2
+    request_gate_weight_decay: float = 0.01
     seed: int = 0
     # Trained this many times (seeds seed, seed + 1, ...) and kept as the mean (anybind.training.soup):
     # the gates are what a seed decides most, and the mean of two held where either one failed
