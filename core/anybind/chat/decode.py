@@ -57,6 +57,16 @@ class _Steps:
         if bool(rows.any()):
             self.not_first.append((ids.to(rows.device), rows))
 
+    def refused_outputs(self, unasked: torch.Tensor | None, outputs: int, opener: torch.Tensor | None) -> torch.Tensor:
+        """``(B, outputs)``: the outputs each row may not make, those its request does not ask for
+        (``unasked``, from ``OutputVocab.unasked``; None: none); a row whose request asks for none
+        may not begin with ``opener`` either (ids: how an answer announces an output)."""
+        refused = torch.zeros(self.rows, outputs, dtype=torch.bool) if unasked is None else unasked
+        refused = refused.to(self.finished.device)
+        if opener is not None and outputs:
+            self.refuse_first(opener, refused.all(-1))
+        return refused
+
     def pick(self, logits: torch.Tensor) -> torch.Tensor:
         if self.not_first and self.step == 0:
             logits = logits.clone()
@@ -124,17 +134,13 @@ def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torc
                         unasked: torch.Tensor | None = None, opener: torch.Tensor | None = None) -> Iterator:
     """Yield ``(token (B,), hidden)`` per step; ``vocab`` is the :class:`~anybind.chat.outputs.OutputVocab`.
 
-    Each output's first token ``[TOK0]`` competes with the text tokens (one gate logit per
-    output), the rest of its ``k`` tokens are forced after it. ``hidden`` (B, n, H) holds the
-    final hidden states of the positions fed since the last yield (the whole prompt first,
-    then one position each step); its last state is that of the position whose output
-    ``token`` is. A row part-way through an output finishes it even past ``max_new_tokens``.
-    ``boundaries`` (bool over the vocabulary) lets a ``[TOK0]`` compete only at the first step
-    and after a token marked True (a sentence end); ``max_outputs`` caps the outputs per row.
-    ``words`` (bool over the vocabulary, ``models.output.word_tokens``): a marked token never follows
-    itself; ``not_first`` (ids): tokens no row's answer may begin with. ``unasked`` ``(B, outputs)``
-    (``vocab.unasked``): outputs a row's request does not ask for, never made in that row; a row
-    whose request asks for none may not begin with ``opener`` (ids: how outputs are announced)."""
+    Each output's ``[TOK0]`` competes with the text tokens (one gate logit per output), the rest of its
+    ``k`` tokens are forced after it. ``hidden`` (B, n, H): the final states of the positions fed since
+    the last yield (the whole prompt first), the last one that of the position whose output ``token``
+    is. A row part-way through an output finishes it past ``max_new_tokens``; ``max_outputs`` caps the
+    outputs per row. ``boundaries`` (bool over the vocabulary): ``[TOK0]`` competes only first and after
+    a marked token (a sentence end); ``words``: a marked token never follows itself; ``not_first`` (ids):
+    tokens no answer begins with; ``unasked`` and ``opener``: see :meth:`_Steps.refused_outputs`."""
     steps = _Steps(attention_mask, options, stop_ids, inputs_embeds.device, words, not_first)
     base, head, table = model.base_model, model.get_output_embeddings(), model.get_input_embeddings()
     V, rows_of_outputs = vocab.vocab, vocab.table()
@@ -150,11 +156,7 @@ def decode_with_outputs(model, inputs_embeds: torch.Tensor, attention_mask: torc
 
     logits, hidden, past = forward(inputs_embeds, None)
     request = hidden[:, -1]
-    if unasked is None:
-        unasked = torch.zeros(steps.rows, len(firsts), dtype=torch.bool)
-    unasked = unasked.to(inputs_embeds.device)
-    if opener is not None and unasked.shape[1]:
-        steps.refuse_first(opener, unasked.all(-1))
+    unasked = steps.refused_outputs(unasked, len(firsts), opener)
     run_last = torch.full((steps.rows,), -1, dtype=torch.long, device=inputs_embeds.device)  # last id of the run a row is in
     made = torch.zeros(steps.rows, dtype=torch.long, device=inputs_embeds.device)
     boundaries, previous = boundaries.to(inputs_embeds.device) if boundaries is not None else None, None
