@@ -64,11 +64,12 @@ def _with_outputs(model, embeds, mask, request_starts: list[int], requests: list
     """Answers that may make outputs (none a row's request gate says it does not ask for; ``requests``:
     each row's words); one that began as if it made one and made none is decoded again without that
     beginning (:func:`~anybind.chat.outputs.broke_promise`), as chat streams it."""
-    unasked = OutputVocab(list(model.outputs.values()), model.backbone.vocab_size).unasked(requests)
-    answers = _decode_making(model, embeds, mask, request_starts, max_new_tokens, seed, steps, max_outputs, unasked)
+    vocab = model.output_vocab()
+    unasked = vocab.unasked(requests)
+    answers = _decode_making(model, vocab, embeds, mask, request_starts, max_new_tokens, seed, steps, max_outputs, unasked)
     again = [row for row, a in enumerate(answers) if broke_promise(a.text, len(a.outputs), model.opener)]
     if again:
-        redone = _decode_making(model, embeds[again], mask[again], [request_starts[row] for row in again],
+        redone = _decode_making(model, vocab, embeds[again], mask[again], [request_starts[row] for row in again],
                                 max_new_tokens, seed, steps, max_outputs, None if unasked is None else unasked[again],
                                 not_first=model.opener_start())
         for row, answer in zip(again, redone):
@@ -76,10 +77,9 @@ def _with_outputs(model, embeds, mask, request_starts: list[int], requests: list
     return answers
 
 
-def _decode_making(model, embeds, mask, request_starts: list[int], max_new_tokens: int, seed: int, steps: int | None,
+def _decode_making(model, vocab: OutputVocab, embeds, mask, request_starts: list[int], max_new_tokens: int, seed: int, steps: int | None,
                    max_outputs: int, unasked: torch.Tensor | None, not_first: torch.Tensor | None = None) -> list[Answer]:
     backbone = model.backbone
-    vocab = OutputVocab(list(model.outputs.values()), backbone.vocab_size)
     tracker = OutputStates(vocab, mask, request_starts)
     ids: list[list[int]] = [[] for _ in range(len(mask))]
     pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []

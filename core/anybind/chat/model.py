@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 import torch
 
 from anybind.chat.conversation import Attachment, Encoded, Turn
+from anybind.chat.outputs import OutputVocab
 from anybind.errors import CheckpointError, InputError
 from anybind.layout import DONE_NAME, ChatDir, stored_decoder_reference
 from anybind.specs import BINDING_MODALITY
@@ -223,6 +224,10 @@ class ChatModel:
         if modality not in self.outputs:
             raise CheckpointError(f"{self.path}: makes no {modality} outputs (it makes: {', '.join(self.outputs)})")
         return self.outputs[modality]
+
+    def output_vocab(self) -> OutputVocab:
+        """The generative token ids of every output it makes, after the LM's own vocabulary."""
+        return OutputVocab(list(self.outputs.values()), self.backbone.vocab_size)
 
     def output_order(self) -> list[str]:
         """The output modalities it makes, in the order "then draw it and say it" names them:

@@ -38,7 +38,7 @@ def respond(model, turns: list[Turn], options: SamplingOptions | None = None, *,
     # 3. Decode; with outputs, generative tokens compete with text at sentence ends. An answer
     #    that begins as one that makes an output ("Here is ...") is held back until it makes one;
     #    if it ends having made none, it is decoded again without that beginning.
-    vocab = OutputVocab(list(model.outputs.values()), backbone.vocab_size) if draw and model.outputs else None
+    vocab = model.output_vocab() if draw and model.outputs else None
     #    An output the request's words do not ask for (its request gate says so) is never made.
     unasked = vocab.unasked([turns[-1].text]) if vocab is not None else None
     attempt = _answer(model, encoded, embeds, mask, options, vocab, max_images, image_steps, began, unasked)

@@ -47,8 +47,10 @@ def fit_request_gates(outputs: dict, dialogues, *, steps: int, lr: float, weight
         if min(float(labels.sum()), float((1 - labels).sum())) < MIN_EACH:
             continue
         output.config.asked_width = embeddings.shape[1]
-        gate = output.new_asked_gate()
-        _train(gate, embeddings, labels, steps=steps, lr=lr, weight_decay=weight_decay, seed=seed)
+        with torch.random.fork_rng(devices=[]):  # the same gate from the same seed; the caller's RNG untouched
+            torch.manual_seed(seed)
+            gate = output.new_asked_gate()
+        _train(gate, embeddings, labels, steps=steps, lr=lr, weight_decay=weight_decay)
         output.asked, output.config.asked_gate = gate.to(output.embed.device), True
         with torch.no_grad():
             said = output.asked_logit(embeddings).cpu() >= output.config.asked_threshold
@@ -57,10 +59,9 @@ def fit_request_gates(outputs: dict, dialogues, *, steps: int, lr: float, weight
 
 
 def _train(gate: torch.nn.Module, embeddings: torch.Tensor, labels: torch.Tensor, *, steps: int, lr: float,
-           weight_decay: float, seed: int) -> None:
-    """Full-batch AdamW on the binary cross-entropy, requests that ask weighted by the share of
-    those that do not (so each kind counts alike)."""
-    torch.manual_seed(seed)
+            weight_decay: float) -> None:
+    """Full-batch AdamW on the binary cross-entropy (deterministic: no sampling), requests that
+    ask weighted by the share of those that do not (so each kind counts alike)."""
     positives = float(labels.sum())
     weight = torch.tensor((len(labels) - positives) / max(positives, 1.0))
     optimizer = torch.optim.AdamW(gate.parameters(), lr=lr, weight_decay=weight_decay)

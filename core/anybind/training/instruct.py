@@ -37,7 +37,6 @@ from torch import nn
 from anybind import plugins
 from anybind.chat.conversation import Attachment, PrefixCache, Turn, encode, input_embeddings, split_prefix
 from anybind.chat.model import ChatModel
-from anybind.chat.outputs import OutputVocab
 from anybind.data.manifest import Manifest, read_manifest
 from anybind.errors import InputError
 from anybind.layout import DONE_NAME, ChatDir, decoder_reference_for, output_dir_name
@@ -87,7 +86,7 @@ class _Tuner(nn.Module):
         self.lora = nn.ParameterList([p for p in peft_model.parameters() if p.requires_grad])
         self.projectors = nn.ModuleDict(chat.projectors)
         self.outputs = nn.ModuleDict(chat.outputs)
-        self.vocab = OutputVocab(list(chat.outputs.values()), chat.backbone.vocab_size)
+        self.vocab = chat.output_vocab()
         self.cond_of = cond_of  # {modality: {caption: conditioning}}
         self.banks = {m: torch.stack(list(c.values())) for m, c in cond_of.items() if c}
         self.settings = settings
@@ -293,7 +292,7 @@ def _dialogues(chat: ChatModel, manifest: Manifest, settings: InstructSettings, 
         d.answer = [("text", text or "OK.")]
     for (d, n), text in zip(earlier, texts[len(own):]):
         d.turns[n] = Turn("assistant", text or "OK.")
-    vocab = OutputVocab(list(chat.outputs.values()), backbone.vocab_size)
+    vocab = chat.output_vocab()
     end_id = encode(backbone.tokenizer, [Turn("user", "Hi")], 1, answer="Hello.").ids[-1]
     for d in dialogues:
         encode_dialogue(backbone.tokenizer, d, chat.soft_tokens, vocab, end_id)
