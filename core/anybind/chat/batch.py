@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 
+from anybind.chat.best_of import words_of
 from anybind.chat.conversation import PrefixCache, Turn, encode, input_embeddings, split_prefix
 from anybind.chat.decode import decode_text, decode_with_outputs
 from anybind.chat.events import SamplingOptions
@@ -66,28 +67,33 @@ def _with_outputs(model, embeds, mask, request_starts: list[int], requests: list
     beginning (:func:`~anybind.chat.outputs.broke_promise`), as chat streams it."""
     vocab = model.output_vocab()
     unasked = vocab.unasked(requests)
-    answers = _decode_making(model, vocab, embeds, mask, request_starts, max_new_tokens, seed, steps, max_outputs, unasked)
+    answers = _decode_making(model, vocab, embeds, mask, request_starts, requests, max_new_tokens, seed, steps,
+                             max_outputs, unasked)
     again = [row for row, a in enumerate(answers) if broke_promise(a.text, len(a.outputs), model.opener)]
     if again:
         redone = _decode_making(model, vocab, embeds[again], mask[again], [request_starts[row] for row in again],
-                                max_new_tokens, seed, steps, max_outputs, None if unasked is None else unasked[again],
+                                [requests[row] for row in again], max_new_tokens, seed, steps, max_outputs, None if unasked is None else unasked[again],
                                 not_first=model.opener_start())
         for row, answer in zip(again, redone):
             answers[row] = answer
     return answers
 
 
-def _decode_making(model, vocab: OutputVocab, embeds, mask, request_starts: list[int], max_new_tokens: int, seed: int, steps: int | None,
-                   max_outputs: int, unasked: torch.Tensor | None, not_first: torch.Tensor | None = None) -> list[Answer]:
+def _decode_making(model, vocab: OutputVocab, embeds, mask, request_starts: list[int], requests: list[str],
+                   max_new_tokens: int, seed: int, steps: int | None, max_outputs: int, unasked: torch.Tensor | None,
+                   not_first: torch.Tensor | None = None) -> list[Answer]:
     backbone = model.backbone
     tracker = OutputStates(vocab, mask, request_starts)
     ids: list[list[int]] = [[] for _ in range(len(mask))]
     pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
+    said: list[str] = []  # each pending output's request and its answer's text before it (chat.best_of)
     for token, hidden in decode_with_outputs(backbone.model, embeds, mask, SamplingOptions(max_new_tokens),
                                              backbone.stop_ids, vocab, max_outputs=max_outputs, boundaries=model.boundaries,
                                              words=model.words, not_first=not_first, unasked=unasked,
                                              opener=model.opener_start()):
-        pending += tracker.push(token, hidden)
+        for complete in tracker.push(token, hidden):
+            pending.append(complete)
+            said.append(words_of(requests[complete[0]], _text(backbone, ids[complete[0]])))
         for row, token_id in enumerate(token.tolist()):
             ids[row].append(token_id)
     answers = [Answer(_text(backbone, row)) for row in ids]
@@ -97,7 +103,7 @@ def _decode_making(model, vocab: OutputVocab, embeds, mask, request_starts: list
         if mine:
             context, context_mask = pad_contexts([pending[n][3] for n in mine])
             values = model.make(output.modality, torch.stack([pending[n][2] for n in mine]), context, context_mask,
-                                seed=seed, steps=steps)
+                                seed=seed, steps=steps, words=[said[n] for n in mine])
             made.update(zip(mine, values))
     for n, (row, index, _, _) in enumerate(pending):  # pending is in the order the outputs were completed
         answers[row].outputs.append(made[n])

@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from anybind.chat import best_of
 from anybind.chat.conversation import Attachment, Encoded, Turn
 from anybind.chat.outputs import OutputVocab
 from anybind.errors import CheckpointError, InputError
@@ -65,7 +66,8 @@ class ChatModel:
 
     @classmethod
     def from_pretrained(cls, path: Path | str, backbone: Backbone | None = None, decoder: str | None = None,
-                        instruct: bool = True, quantize: str | None = None, transformers_lm: bool = False) -> "ChatModel":
+                        instruct: bool = True, quantize: str | None = None, transformers_lm: bool = False,
+                        candidates: int | None = None) -> "ChatModel":
         """Load a chat model directory; ``decoder`` overrides the decoder of the output it makes.
 
         If the instruct stage ran, its LoRA adapter is merged into the backbone (a ``backbone``
@@ -73,7 +75,8 @@ class ChatModel:
         ``instruct=False`` loads what align-in and align-out trained instead. ``quantize="int8"``
         then stores the LM's linear layers as int8 for faster CPU decoding (inference only).
         A Llama backbone runs as :mod:`anybind.models.llama` (no transformers model classes);
-        ``transformers_lm=True`` loads it with transformers, as training does."""
+        ``transformers_lm=True`` loads it with transformers, as training does. ``candidates``
+        overrides the samples each output makes (:mod:`anybind.chat.best_of`)."""
         chat = ChatDir(path)
         config = chat.config()
         bound_dir = chat.bound_dir(config)
@@ -96,6 +99,8 @@ class ChatModel:
         # An output aligned after instruct ran has no tuned copy until instruct runs again.
         outputs = {m: GenerativeOutput.from_pretrained(chat.output(m, tuned and (chat.output(m, True) / CONFIG_NAME).is_file()))
                    for m in chat.outputs(config)}
+        for output in outputs.values() if candidates else ():
+            output.config.candidates = candidates
         for where, module in [*(("projectors/" + n, p) for n, p in projectors.items()),
                               *((chat.output(m).name, o) for m, o in outputs.items())]:
             if module.config.lm_width != backbone.hidden_size:
@@ -268,14 +273,20 @@ class ChatModel:
     @torch.no_grad()
     def make(self, modality: str, states: torch.Tensor, context: torch.Tensor | None = None,
              context_mask: torch.Tensor | None = None, *, seed: int = 0, steps: int | None = None,
-             guidance: float | None = None) -> list:
+             guidance: float | None = None, words: Sequence[str] | None = None, candidates: int | None = None) -> list:
         """Outputs of ``modality`` from the final hidden states at its ``[TOK0..k-1]``, ``(B, k, H)``,
-        and those of the conversation before them, ``context`` ``(B, N, H)`` right-padded with ``context_mask``."""
+        and those of the conversation before them, ``context`` ``(B, N, H)`` right-padded with ``context_mask``.
+        With ``words`` (each row's request and answer so far, :func:`~anybind.chat.best_of.words_of`),
+        ``candidates`` samples per row (default: the output's own), the one nearest the words kept."""
         output = self.output(modality)
         device = self.backbone.device
         cond = output(states.to(device), None if context is None else context.to(device), context_mask)
         guidance = output.config.guidance if guidance is None else guidance
-        return self.decoder(modality).decode(cond, seed=seed, steps=steps, guidance=guidance)
+        k = output.config.candidates if candidates is None else candidates
+        if k <= 1 or words is None or not best_of.can_check(self, modality):
+            return self.decoder(modality).decode(cond, seed=seed, steps=steps, guidance=guidance)
+        made = self.decoder(modality).decode(cond.repeat_interleave(k, dim=0), seed=seed, steps=steps, guidance=guidance)
+        return best_of.nearest_words(self, modality, made, words, k)
 
     # --- answering ---------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Iterator
 
+from anybind.chat.best_of import words_of
 from anybind.chat.conversation import Turn, fit, input_embeddings
 from anybind.chat.decode import decode_text, decode_with_outputs
 from anybind.chat.events import DoneEvent, NoticeEvent, OutputEvent, SamplingOptions, TextEvent, TextStream
@@ -40,8 +41,9 @@ def respond(model, turns: list[Turn], options: SamplingOptions | None = None, *,
     #    if it ends having made none, it is decoded again without that beginning.
     vocab = model.output_vocab() if draw and model.outputs else None
     #    An output the request's words do not ask for (its request gate says so) is never made.
-    unasked = vocab.unasked([turns[-1].text]) if vocab is not None else None
-    attempt = _answer(model, encoded, embeds, mask, options, vocab, max_images, image_steps, began, unasked)
+    request = turns[-1].text
+    unasked = vocab.unasked([request]) if vocab is not None else None
+    attempt = _answer(model, encoded, request, embeds, mask, options, vocab, max_images, image_steps, began, unasked)
     if vocab is None:
         yield from attempt
         return
@@ -53,17 +55,18 @@ def respond(model, turns: list[Turn], options: SamplingOptions | None = None, *,
             continue
         if held is not None and isinstance(event, DoneEvent) and broke_promise(event.text, event.usage["outputs"],
                                                                                model.opener):
-            yield from _answer(model, encoded, embeds, mask, options, vocab, max_images, image_steps, began, unasked,
-                               not_first=model.opener_start())
+            yield from _answer(model, encoded, request, embeds, mask, options, vocab, max_images, image_steps, began,
+                               unasked, not_first=model.opener_start())
             return
         yield from held or ()
         held = None
         yield event
 
 
-def _answer(model, encoded, embeds, mask, options: SamplingOptions, vocab: OutputVocab | None, max_images: int,
-            image_steps: int | None, began: float, unasked=None, not_first=None) -> Iterator:
-    """One decode of the answer: its text pieces and outputs in order, then a :class:`DoneEvent`."""
+def _answer(model, encoded, request: str, embeds, mask, options: SamplingOptions, vocab: OutputVocab | None,
+            max_images: int, image_steps: int | None, began: float, unasked=None, not_first=None) -> Iterator:
+    """One decode of the answer to ``request`` (the last turn's words): its text pieces and outputs
+    in order, then a :class:`DoneEvent`."""
     backbone = model.backbone
     if vocab is None:
         steps = ((token, None) for token in decode_text(backbone.model, embeds, mask, options, backbone.stop_ids))
@@ -79,7 +82,7 @@ def _answer(model, encoded, embeds, mask, options: SamplingOptions, vocab: Outpu
         for _, index, states, context in (tracker.push(token, hidden) if tracker is not None else ()):
             output = vocab.outputs[index]
             value = model.make(output.modality, states[None], context[None], seed=(options.seed or 0) + made,
-                               steps=image_steps)[0]
+                               steps=image_steps, words=[words_of(request, stream.text)])[0]
             first = first if first is not None else time.time() - began
             yield OutputEvent(output.modality, value, made)
             made += 1

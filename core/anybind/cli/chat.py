@@ -120,10 +120,12 @@ def _structured():
 @click.option("--no-images", is_flag=True, help="Answer in text only, even if the model can draw.")
 @click.option("--image-steps", type=click.IntRange(1, 1000), help="Sampling steps per image (default: the decoder's).")
 @click.option("--max-images", type=click.IntRange(0), default=4, show_default=True, help="At most this many images per answer.")
+@click.option("--candidates", type=click.IntRange(1, 64),
+              help="Samples made of each output, the one nearest the words shown (default: the model's own; 1: unchecked).")
 @click.option("--stats", is_flag=True, help="Print token counts and timings to stderr.")
 @int8_option
 def chat(prompt, attachments, model_dir, max_tokens, temperature, top_p, seed, projector, output_format, output,
-         images_dir, decoder, no_images, image_steps, max_images, stats, quantize):
+         images_dir, decoder, no_images, image_steps, max_images, candidates, stats, quantize):
     """Chat about files of any installed modality; a model trained with align-out also draws.
 
     \b
@@ -142,7 +144,7 @@ def chat(prompt, attachments, model_dir, max_tokens, temperature, top_p, seed, p
     target = check_writable(output) if output else None
     folder = _images_folder(images_dir, target, needed=output_format != "html")
     ChatDir(model_dir).config()
-    model = ChatModel.from_pretrained(model_dir, decoder=decoder, quantize=quantize)
+    model = ChatModel.from_pretrained(model_dir, decoder=decoder, quantize=quantize, candidates=candidates)
     if decoder and model.outputs and not no_images:
         model.decoder()  # load and check it now: a mismatch is an error before any text is written
     session = ChatSession(model, SamplingOptions(max_tokens, temperature, top_p, seed), projector=projector,

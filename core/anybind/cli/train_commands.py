@@ -175,15 +175,19 @@ def train_align_in_command(manifest, bound, out, backbone, modalities, steps, ba
               help="The [IMG0] gate also reads the state where the answer starts (what the request asked for).")
 @click.option("--guidance", type=float, default=AlignOutSettings.guidance, show_default=True,
               help="Classifier-free guidance the chat draws with (saved with the model).")
+@click.option("--candidates", type=click.IntRange(1, 64), default=AlignOutSettings.candidates, show_default=True,
+              help="Samples the chat makes of each output, showing the one the shared space puts nearest the words "
+                   "(saved with the model; 1: the first, unchecked).")
 @click.option("--retrain", is_flag=True, help="Train again even if already trained.")
 @click.option("--seed", type=int, default=AlignOutSettings.seed, show_default=True)
 def train_align_out_command(manifest, model_dir, decoder, steps, batch_size, lr, tokens, context, request_gate, guidance,
-                            retrain, seed):
+                            candidates, retrain, seed):
     """Teach the frozen LM to draw: [IMG] tokens and an output projector to the decoder's conditioning."""
     from anybind.training.align_out import train_align_out
 
     settings = AlignOutSettings(steps=steps, batch_size=batch_size, lr=lr, tokens=tokens, context=context,
-                                request_gate=request_gate, guidance=guidance, seed=seed)
+                                request_gate=request_gate, guidance=guidance, candidates=candidates,
+                                seed=seed)
     r = train_align_out(manifest, model_dir, decoder, settings, retrain=retrain)
     if not r.get("skipped"):
         click.echo(f"aligned {r['modality']} output: {r['conversations']} conversations, {r['steps']} steps in {r['seconds']:.1f}s "

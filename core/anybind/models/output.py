@@ -65,6 +65,9 @@ class GenerativeOutputConfig:
     # misses the caption's encoding by a residual; a stronger guidance scale follows the part
     # it gets right (what to draw) further, at some cost in variety.
     guidance: float | None = None
+    # Samples made of each output, the one the shared space puts nearest the request's and
+    # answer's words shown (anybind.chat.best_of); 1: the first sample, unchecked.
+    candidates: int = 1
     backbone: str = ""  # the backbone reference it was trained for
     decoder: str = ""  # the decoder it was trained against (as given at training time)
     modality: str = "image"  # what the decoder makes

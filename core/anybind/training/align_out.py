@@ -163,7 +163,7 @@ def _train(stage: Stage, chat_dir: ChatDir, manifest: Manifest, rows: list[dict]
     output = GenerativeOutput(GenerativeOutputConfig(
         lm_width=backbone.hidden_size, tokens=settings.tokens, cond_tokens=tokens, cond_width=cond_width,
         width=settings.width, layers=settings.layers, context=settings.context, guidance=settings.guidance,
-        request_gate=settings.request_gate,
+        candidates=settings.candidates, request_gate=settings.request_gate,
         backbone=chat_dir.config()["backbone"], decoder=decoder, modality=modality, token=spec.token))
     output.match_embeddings(backbone.model.get_input_embeddings().weight, settings.seed)
     objective = OutputObjective(output, backbone, settings)

@@ -58,6 +58,8 @@ class AlignOutSettings:
     context: bool = True  # the output projector also reads the conversation before [IMG0]
     request_gate: bool = True  # the [TOK0] gate also reads the state where the answer starts
     guidance: float | None = 5.0  # what the chat draws with (None: the decoder's own default)
+    # samples the chat makes of each output, the one nearest the words shown (anybind.chat.best_of)
+    candidates: int = 4
     seed: int = 0
     save_every: int = 100
     progress: bool = True
