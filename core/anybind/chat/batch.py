@@ -72,8 +72,8 @@ def _with_outputs(model, embeds, mask, request_starts: list[int], requests: list
     again = [row for row, a in enumerate(answers) if broke_promise(a.text, len(a.outputs), model.opener)]
     if again:
         redone = _decode_making(model, vocab, embeds[again], mask[again], [request_starts[row] for row in again],
-                                [requests[row] for row in again], max_new_tokens, seed, steps, max_outputs, None if unasked is None else unasked[again],
-                                not_first=model.opener_start())
+                                [requests[row] for row in again], max_new_tokens, seed, steps, max_outputs,
+                                None if unasked is None else unasked[again], not_first=model.opener_start())
         for row, answer in zip(again, redone):
             answers[row] = answer
     return answers
