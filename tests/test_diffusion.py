@@ -325,18 +325,19 @@ def test_each_output_is_the_sample_its_words_are_nearest_of_several(drawing_chat
     output = model.output("image")
     assert output.config.candidates == 4  # align-out's default, saved with the model
     torch.manual_seed(0)
-    states, context = torch.randn(2, output.tokens, output.config.lm_width), torch.randn(2, 3, output.config.lm_width)
-    mask = torch.ones(2, 3, dtype=torch.bool)
+    rows = 4  # enough rows that some row's nearest sample is not its first (seeded: it is)
+    states, context = torch.randn(rows, output.tokens, output.config.lm_width), torch.randn(rows, 3, output.config.lm_width)
+    mask = torch.ones(rows, 3, dtype=torch.bool)
     samples = model.make("image", states.repeat_interleave(4, 0), context.repeat_interleave(4, 0),
                          mask.repeat_interleave(4, 0), seed=3, steps=2, candidates=1)
     assert model.make("image", states, context, mask, seed=3, steps=2)[0].tobytes() == samples[0].tobytes()
-    drawn = F.normalize(model.embed_raw("image", samples), dim=-1).view(2, 4, -1)
+    drawn = F.normalize(model.embed_raw("image", samples), dim=-1).view(rows, 4, -1)
     phrases = [words_of(f"Draw a {d}.", f"Here is a handwritten {d}.") for d in ("zero", "three", "seven", "nine")]
     nearest = {p: (drawn @ F.normalize(model.embed_resolved([("text", p)]), dim=-1)[0]).argmax(1).tolist() for p in phrases}
-    words = [next((p for p in phrases if nearest[p][row] != 0), phrases[0]) for row in range(2)]
-    assert any(nearest[words[row]][row] != 0 for row in range(2))  # a choice the first sample would get wrong
+    words = [next((p for p in phrases if nearest[p][row] != 0), phrases[0]) for row in range(rows)]
+    assert any(nearest[words[row]][row] != 0 for row in range(rows))  # a choice the first sample would get wrong
     kept = model.make("image", states, context, mask, seed=3, steps=2, words=words)
-    assert [k.tobytes() for k in kept] == [samples[row * 4 + nearest[words[row]][row]].tobytes() for row in range(2)]
+    assert [k.tobytes() for k in kept] == [samples[row * 4 + nearest[words[row]][row]].tobytes() for row in range(rows)]
     with pytest.warns(UserWarning, match="image tower cannot read"):
         assert nearest_words(model, "image", ["not an image"] * 4, words[:1], 4) == ["not an image"]
     assert ChatModel.from_pretrained(drawing_chat, candidates=1).output("image").config.candidates == 1  # chat --candidates
