@@ -364,10 +364,14 @@ def test_quickstart_skips_finished_stages_then_demos_and_evaluates(instructed, s
                     env=IMAGES_OUT_ONLY)
     record = json.loads((run / "metrics.json").read_text())
     stages = record["stages"]
-    further = ["further decoders", "further bind", "further align-out", "instruct again", "whole demo"]
-    assert sorted(stages) == sorted(["world", "bind", "decoder", "align-in", "align-out", "instruct", "demo", *further, "eval"])
-    assert not any(stages[s]["ran"] for s in ("world", "bind", "decoder", "align-in", "align-out", "instruct", *further))
+    first_model = ["first align-in", "first align-out", "first instruct"]
+    further = ["further decoders", "further bind", "align-in", "align-out", "instruct", "whole demo"]
+    assert sorted(stages) == sorted(["world", "bind", "decoder", *first_model, "demo", *further, "eval"])
+    assert not any(stages[s]["ran"] for s in ("world", "bind", "decoder", *first_model, *further))
+    assert all(stages[s]["note"] == "the full model is trained" for s in first_model)  # its demo shows the full one
+    assert not (run / "first-chat").exists()
     assert stages["further decoders"]["note"] == "no further output modality installed"
+    assert stages["whole demo"]["note"] == "the demo above showed the full model"
     assert stages["demo"]["ran"] and stages["eval"]["ran"]
     page = (run / "demo.html").read_text()
     assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")

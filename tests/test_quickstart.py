@@ -94,7 +94,7 @@ def test_showing_the_demo_again_keeps_the_evaluation(tmp_path):
     for name in ("demo", "whole demo", "eval"):  # a second run: nothing trained, the eval still stands
         q._note(name, True, 1.0, "")
     assert "trained_this_run" not in q.record
-    q._note("instruct again", True, 1.0, "")
+    q._note("instruct", True, 1.0, "")
     assert q.record["trained_this_run"]
 
 
@@ -113,8 +113,8 @@ def test_a_resumed_run_shows_the_demo_once_every_decoder_it_needs_is_trained(tmp
     (speech / "prompts.json").write_text("{}")  # aligned against it, but its training was stopped
     ran, note = stages.demo(q)
     assert ran is False and note == "the audio decoder is still to train: the whole demo comes after it"
-    q.shown = {"image", "audio"}  # had the first demo made both, the whole demo would only repeat it
-    assert stages.whole_demo(q) == (False, "the demo above made every output")
+    q.shown = {"image", "audio"}  # had the first demo been the full model's, the whole demo would only repeat it
+    assert stages.whole_demo(q) == (False, "the demo above showed the full model")
 
 
 def test_the_first_answer_binds_only_the_towers_its_demo_reads(every_world, tmp_path):
@@ -124,7 +124,22 @@ def test_the_first_answer_binds_only_the_towers_its_demo_reads(every_world, tmp_
     assert {"image", "audio", "pointcloud", "video"} <= set(every_world.modalities())
     assert stages.first_modalities(q) == ["image", "audio"]  # the binding modality, and what the demo attaches
     names = [name for name, _ in stages.STAGES]
-    assert names.index("demo") < names.index("further bind") < names.index("instruct again")
+    assert names.index("bind") < names.index("first align-in") < names.index("first instruct") < names.index("demo")
+    assert names.index("demo") < names.index("further bind") < names.index("align-in") < names.index("instruct")
+
+
+def test_a_resumed_run_trains_no_first_model_once_the_full_one_is_trained(tmp_path):
+    q = Quickstart(tmp_path / "quickstart", progress=False)
+    assert stages.first_model_wanted(q)  # nothing trained yet
+    _chat_making(q, {})
+    assert stages.first_model_wanted(q)  # aligned, not instructed
+    config = json.loads((q.run.chat / "config.json").read_text())
+    (q.run.chat / "config.json").write_text(json.dumps({**config, "instruct": "instruct"}))
+    (q.run.chat / "instruct").mkdir()
+    (q.run.chat / "instruct" / "training.json").write_text("{}")
+    for first_stage in (stages.first_align_in, stages.first_align_out, stages.first_instruct):
+        assert first_stage(q) == (False, "the full model is trained")  # it would only delay a better model's demo
+    assert not q.run.first_chat.exists()
 
 
 def test_instruct_trains_again_once_a_tower_is_bound_after_it(tmp_path):

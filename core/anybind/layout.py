@@ -3,9 +3,11 @@
 A *run directory* (what ``anybind quickstart`` writes; each part can also live on its own)::
 
     RUN/world/    RUN/world-ood/    RUN/bind/    RUN/decoder/    RUN/decoder-<modality>/    RUN/chat/
-    RUN/metrics.json    RUN/demo.html
+    RUN/first-chat/    RUN/metrics.json    RUN/demo.html
 
-(``decoder/`` makes the binding modality, images; a decoder of any other output modality has its own.)
+(``decoder/`` makes the binding modality, images; a decoder of any other output modality has its own.
+``first-chat/`` is the quickstart's first model, a chat model trained briefly so that its first
+answer comes early; ``chat/`` is the full one, which every command reads by default.)
 
 A *chat model directory* (written by align-in, then align-out and instruct)::
 
@@ -48,6 +50,7 @@ class RunLayout:
     bind = property(lambda self: self.root / "bind")
     decoder = property(lambda self: self.root / "decoder")
     chat = property(lambda self: self.root / "chat")
+    first_chat = property(lambda self: self.root / "first-chat")
     metrics = property(lambda self: self.root / "metrics.json")
     demo_page = property(lambda self: self.root / "demo.html")
 

@@ -1,21 +1,21 @@
 """``anybind quickstart``: every stage on the sample world, then an interleaved demo.
 
-    world → decoder → bind → align-in → align-out → instruct → demo
-          → further decoders → further bind → further align-out → instruct again → whole demo → eval
+    world → decoder → bind → first align-in → first align-out → first instruct → demo
+          → further decoders → further bind → align-in → align-out → instruct → whole demo → eval
 
-The first interleaved answer needs one output, the main one (images): its decoder trains in a
-background process (one thread) beside bind and align-in, which use the other core meanwhile
-(their small convolutions gain little from a second thread, so the two together finish sooner
-than one after the other), align-out needs only the decoder's prompt encoder (its
-``prompts.json``, written as its training starts), and the demo waits for the decoder. Every
-further installed output (e.g. speech) comes after that answer, so it never delays it: its
-decoder trains in the background beside its align-out, instruct trains again with every output,
-and the demo runs again. So do the towers: the first answer reads only the binding modality's
-(images, which align-in trains on) and those its demo attaches (speech); every other tower (point
-clouds, video) binds after it, beside the further decoders, and instruct again reads them too.
-While the world is built (which leaves a core mostly idle) another background process loads the
-LM backbone once, so that a backbone which converts its weights on first use (SmolLM2 from its
-GGUF) is ready in the cache when align-in starts.
+The first interleaved answer comes from a *first model* (``first-chat/``): every stage of the
+full recipe's LM stages, briefly (a third to a half of their steps;
+:data:`~anybind.quickstart.stages.FIRST_INSTRUCT` and the others), making the one output it needs, images. Its decoder trains in a background process
+(one thread) beside the first model's stages on the other core, and is the same decoder the full
+model uses; align-out needs only the decoder's prompt encoder (its ``prompts.json``, written as its
+training starts), and the demo waits for the decoder. The first model reads the towers its demo
+needs (images, and speech which it attaches), the same the full model reads. After its demo the
+full model trains: every further decoder (e.g. speech) in the background, every further tower,
+then align-in, align-out for every output and instruct (two seeds) into ``chat/``, the model every
+command reads by default and every evaluation scores; the demo runs again with it. While the world
+is built (which leaves a core mostly idle) another background process loads the LM backbone once,
+so that a backbone which converts its weights on first use (SmolLM2 from its GGUF) is ready in the
+cache when align-in starts.
 
 Everything goes under one run directory (:class:`anybind.layout.RunLayout`, default
 ``runs/quickstart``), plus ``demo.html`` (the demo conversation, outputs inline),
@@ -76,7 +76,7 @@ class Quickstart:
     decoder_options: dict[str, tuple[str, ...]] = field(default_factory=dict)
     record: dict = field(default_factory=dict)
     jobs: dict[str, BackgroundJob] = field(default_factory=dict, repr=False)
-    shown: set[str] = field(default_factory=set, repr=False)  # the outputs this run's demo could make
+    shown: set[str] | None = field(default=None, repr=False)  # the full model's outputs, once a demo showed it
 
     @property
     def run(self) -> RunLayout:

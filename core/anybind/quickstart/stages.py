@@ -55,7 +55,7 @@ _IN_TURN = "import json, subprocess, sys\nfor command in json.loads(sys.argv[1])
 
 def decoder(q) -> tuple:
     """The main output's decoder (images): what the first interleaved answer needs."""
-    return _train_decoders(q, trainable_decoders(q)[:1], "decoder", "beside bind and align-in")
+    return _train_decoders(q, trainable_decoders(q)[:1], "decoder", "beside the first model's stages")
 
 
 def further_decoders(q) -> tuple:
@@ -100,8 +100,8 @@ def join_decoder(q, until: Path | None = None, job_name: str = "decoder") -> Non
 
 def first_modalities(q) -> list[str]:
     """The towers the first answer reads: the binding modality's (align-in trains on it) and every
-    modality the demo attaches. Every other tower binds after the first answer, and instruct
-    then trains again with it (towers do not depend on one another but through images)."""
+    modality the demo attaches. Every other tower binds after the first answer, and the full
+    model reads it too (towers do not depend on one another but through images)."""
     from anybind import plugins
     from anybind.data.manifest import read_manifest
     from anybind.specs import BINDING_MODALITY
@@ -129,59 +129,105 @@ def _bind(q, modalities: list[str] | None) -> tuple:
     return bool(results), ", ".join(f"{r['modality']} {r['seconds']:.0f}s" for r in results) or "already trained"
 
 
+#: The first model: the full recipe's LM stages, briefly (its towers are the full ones), so that
+#: the first answer comes within about ten minutes on 2 cores; the full model trains after it
+#: (bench/RESULTS.md, "a first model").
+FIRST_ALIGN_IN = {"steps": 50}
+FIRST_ALIGN_OUT = {"steps": 60, "examples": 160}
+FIRST_INSTRUCT = {"steps": 25, "conversations": 200, "refit_steps": 60, "request_gate_steps": 200}
+
+
+def first_model_wanted(q) -> bool:
+    """A first model is trained unless the full one already is (a resumed run): it would only
+    delay the demo of a better model."""
+    return not _instructed(q.run.chat)
+
+
+def _instructed(chat_dir: Path) -> bool:
+    from anybind.layout import ChatDir
+
+    chat = ChatDir(chat_dir)
+    return chat.exists and chat.instructed()
+
+
+def first_align_in(q) -> tuple:
+    if not first_model_wanted(q):
+        return False, "the full model is trained"
+    return _align_in(q, q.run.first_chat, FIRST_ALIGN_IN)
+
+
 def align_in(q) -> tuple:
+    return _align_in(q, q.run.chat, {})
+
+
+def _align_in(q, chat_dir: Path, options: dict) -> tuple:
     from anybind.training.align_in import AlignSettings, train_align_in
 
     job = q.jobs.pop("backbone", None)
     if job is not None:
         job.process.wait()  # if it failed, align-in's own load says why
-    r = train_align_in(q.run.world, q.run.bind, q.run.chat, backbone=q.backbone, settings=AlignSettings(progress=q.progress))
+    r = train_align_in(q.run.world, q.run.bind, chat_dir, backbone=q.backbone,
+                       settings=AlignSettings(progress=q.progress, **options))
     return not r.get("skipped"), "already trained" if r.get("skipped") else f"{r['steps']} steps"
 
 
+def first_align_out(q) -> tuple:
+    """The main output's generative tokens (images); align-out needs only its decoder's prompt encoder."""
+    if not first_model_wanted(q):
+        return False, "the full model is trained"
+    return _align_outputs(q, q.run.first_chat, FIRST_ALIGN_OUT, main_only=True)
+
+
 def align_out(q) -> tuple:
-    """The main output's generative tokens; align-out needs only its decoder's prompt encoder."""
-    return _align_outputs(q, trainable_decoders(q)[:1], "decoder")
+    """Every output's, one after the other, each once its decoder's prompt encoder is written."""
+    return _align_outputs(q, q.run.chat, {}, main_only=False)
 
 
-def further_align_out(q) -> tuple:
-    """Every other output's, one after the other, each once its decoder's prompt encoder is written."""
-    return _align_outputs(q, trainable_decoders(q)[1:], "further decoders")
-
-
-def _align_outputs(q, chosen: list[tuple], job_name: str) -> tuple:
+def _align_outputs(q, chat_dir: Path, options: dict, main_only: bool) -> tuple:
     from anybind.training.align_out import AlignOutSettings, train_align_out
 
+    chosen = trainable_decoders(q)[:1] if main_only else trainable_decoders(q)
     if not chosen:
-        return False, NOTHING_TO_MAKE[job_name]
+        return False, NOTHING_TO_MAKE["decoder"]
     ran, notes = False, []
-    for spec, out in chosen:
-        join_decoder(q, out / "prompts.json", job_name)  # written as its training starts: the decoder trains on
-        r = train_align_out(q.run.world, q.run.chat, str(out), AlignOutSettings(progress=q.progress))
+    for i, (spec, out) in enumerate(chosen):
+        # its prompts.json is written as its training starts: align-out needs no more of it
+        join_decoder(q, out / "prompts.json", "decoder" if i == 0 else "further decoders")
+        r = train_align_out(q.run.world, chat_dir, str(out), AlignOutSettings(progress=q.progress, **options))
         ran |= not r.get("skipped")
         notes.append(f"{spec.modality} " + ("already trained" if r.get("skipped") else f"mse {r.get('mse', float('nan')):.3f}"))
     return ran, ", ".join(notes)
 
 
-def instruct(q, seeds: int = 1) -> tuple:
+def first_instruct(q) -> tuple:
+    if not first_model_wanted(q):
+        return False, "the full model is trained"
+    return _instruct(q, q.run.first_chat, FIRST_INSTRUCT)
+
+
+def instruct(q) -> tuple:
+    """instruct with every output and every tower, for the model every evaluation scores: two seeds
+    kept as their mean (steadier gates; bench/RESULTS.md, "instruct: a soup of seeds")."""
+    return _instruct(q, q.run.chat, {"seeds": 2})
+
+
+def _instruct(q, chat_dir: Path, options: dict) -> tuple:
     from anybind.training.instruct import InstructSettings, train_instruct
 
-    r = train_instruct(q.run.world, q.run.chat, InstructSettings(progress=q.progress, seeds=seeds))
+    r = train_instruct(q.run.world, chat_dir, InstructSettings(progress=q.progress, **options))
     return not r.get("skipped"), "already trained" if r.get("skipped") else f"ce {r.get('ce', float('nan')):.3f}"
-
-
-def instruct_again(q) -> tuple:
-    """instruct with every output and every tower, for the model every evaluation scores: two seeds
-    kept as their mean (steadier gates; bench/RESULTS.md, "instruct: a soup of seeds"), after the first answer."""
-    return instruct(q, seeds=2)
 
 
 def demo(q) -> tuple:
     """The world's demo conversation, streamed to the terminal and written to ``demo.html``: the
-    turns the chat model's outputs can answer, with "{verbs}" naming every output it makes."""
+    turns the chat model's outputs can answer, with "{verbs}" naming every output it makes. It
+    shows the first model, or the full one where that is trained already (a resumed run)."""
     from anybind.layout import ChatDir
 
     join_decoder(q)
+    if first_model_wanted(q) and _instructed(q.run.first_chat):
+        print("\n(the first model: every stage, briefly; the full model trains after this demo, and shows it again)")
+        return _demo(q, "decoder", q.run.first_chat)
     made = ChatDir(q.run.chat).outputs()
     # A run that resumes after a further output was aligned, its decoder not yet trained: that
     # decoder trains in the further stages, and the whole demo comes after it.
@@ -189,20 +235,19 @@ def demo(q) -> tuple:
                if spec.modality in made and not (out / "anybind.json").is_file()]
     if waiting:
         return False, f"the {', '.join(waiting)} decoder is still to train: the whole demo comes after it"
-    return _demo(q, "decoder")
+    return _demo(q, "decoder", q.run.chat)
 
 
 def whole_demo(q) -> tuple:
-    """The demo again once every output is trained (e.g. ending with a spoken answer)."""
-    further = {spec.modality for spec, _ in trainable_decoders(q)[1:]}
-    if not further:
-        return False, NOTHING_TO_MAKE["further decoders"]
-    if further <= q.shown:  # a run with every output trained before its first demo
-        return False, "the demo above made every output"
-    return _demo(q, "further decoders")
+    """The demo again with the full model, once every output is trained (e.g. ending with a spoken answer)."""
+    from anybind.layout import ChatDir
+
+    if q.shown is not None and q.shown >= set(ChatDir(q.run.chat).outputs()):
+        return False, "the demo above showed the full model"
+    return _demo(q, "further decoders", q.run.chat)
 
 
-def _demo(q, job_name: str) -> tuple:
+def _demo(q, job_name: str, chat_dir: Path) -> tuple:
     import io
 
     import anybind
@@ -215,8 +260,9 @@ def _demo(q, job_name: str) -> tuple:
 
     join_decoder(q, job_name=job_name)  # its decoders trained
     manifest = read_manifest(q.run.world)
-    chat = anybind.load(q.run.chat)
-    q.shown = set(chat.outputs)
+    chat = anybind.load(chat_dir)
+    if chat_dir == q.run.chat:
+        q.shown = set(chat.outputs)
     session = ChatSession(chat, SamplingOptions(max_new_tokens=96))  # short answers
     verbs = output_verbs(chat.output_order())
     page = io.StringIO()
@@ -284,10 +330,10 @@ def evaluate(q) -> tuple:
 
 
 #: Every stage in the order it runs. The first interleaved answer needs only the main output
-#: (images) and the towers its demo reads: its stages come first and the demo right after them;
-#: every further output (e.g. speech) then trains its decoder, every further tower binds, the
-#: outputs align, and instruct runs again with every output and tower.
-STAGES = (("world", world), ("decoder", decoder), ("bind", bind), ("align-in", align_in), ("align-out", align_out),
-          ("instruct", instruct), ("demo", demo), ("further decoders", further_decoders), ("further bind", further_bind),
-          ("further align-out", further_align_out), ("instruct again", instruct_again), ("whole demo", whole_demo),
-          ("eval", evaluate))
+#: (images), the towers its demo reads and a first model: its stages come first and the demo right
+#: after them; every further output (e.g. speech) then trains its decoder, every further tower
+#: binds, and the full model trains every LM stage with every output and tower.
+STAGES = (("world", world), ("decoder", decoder), ("bind", bind), ("first align-in", first_align_in),
+          ("first align-out", first_align_out), ("first instruct", first_instruct), ("demo", demo),
+          ("further decoders", further_decoders), ("further bind", further_bind), ("align-in", align_in),
+          ("align-out", align_out), ("instruct", instruct), ("whole demo", whole_demo), ("eval", evaluate))
