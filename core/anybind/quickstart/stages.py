@@ -132,7 +132,7 @@ def _bind(q, modalities: list[str] | None) -> tuple:
 #: The first model: the full recipe's LM stages, briefly (its towers are the full ones), so that
 #: the first answer comes within about ten minutes on 2 cores; the full model trains after it
 #: (bench/RESULTS.md, "a first model").
-FIRST_ALIGN_IN = {"steps": 50}
+FIRST_ALIGN_IN = {"steps": 40}
 FIRST_ALIGN_OUT = {"steps": 60, "examples": 160}
 FIRST_INSTRUCT = {"steps": 25, "conversations": 200, "refit_steps": 60, "request_gate_steps": 200}
 
