@@ -142,6 +142,18 @@ def test_a_resumed_run_trains_no_first_model_once_the_full_one_is_trained(tmp_pa
     assert not q.run.first_chat.exists()
 
 
+def test_a_model_command_before_the_full_model_points_to_the_first_one(tmp_path):
+    from anybind.errors import CheckpointError
+    from anybind.layout import ChatDir
+
+    q = Quickstart(tmp_path / "quickstart", progress=False)
+    q.run.first_chat.mkdir(parents=True)
+    (q.run.first_chat / "config.json").write_text(json.dumps({"format": CHAT_FORMAT}))
+    with pytest.raises(CheckpointError, match=f"not trained yet; the quickstart's first model is in {q.run.first_chat}"):
+        ChatDir(q.run.chat).config()
+    assert ChatDir(q.run.first_chat).config()["format"] == CHAT_FORMAT
+
+
 def test_instruct_trains_again_once_a_tower_is_bound_after_it(tmp_path):
     from anybind.layout import ChatDir
     from anybind.training.instruct import _outgrown

@@ -105,6 +105,10 @@ class ChatDir:
         return (self.path / CONFIG_NAME).is_file()
 
     def config(self) -> dict:
+        first = self.path.parent / "first-chat"
+        if not self.exists and self.path.name == "chat" and (first / CONFIG_NAME).is_file():
+            raise CheckpointError(f"{self.path}: not trained yet; the quickstart's first model is in {first} "
+                                  f"(--model {first}) while the full one trains")
         config = read_config(self.path)
         if config.get("format") != CHAT_FORMAT:
             raise CheckpointError(f"{self.path}: not an anybind chat model (config.json format is "
