@@ -333,11 +333,20 @@ def test_each_output_is_the_sample_its_words_are_nearest_of_several(drawing_chat
     assert model.make("image", states, context, mask, seed=3, steps=2)[0].tobytes() == samples[0].tobytes()
     drawn = F.normalize(model.embed_raw("image", samples), dim=-1).view(rows, 4, -1)
     phrases = [words_of(f"Draw a {d}.", f"Here is a handwritten {d}.") for d in ("zero", "three", "seven", "nine")]
-    nearest = {p: (drawn @ F.normalize(model.embed_resolved([("text", p)]), dim=-1)[0]).argmax(1).tolist() for p in phrases}
-    words = [next((p for p in phrases if nearest[p][row] != 0), phrases[0]) for row in range(rows)]
-    assert any(nearest[words[row]][row] != 0 for row in range(rows))  # a choice the first sample would get wrong
+    near = {p: drawn @ F.normalize(model.embed_resolved([("text", p)]), dim=-1)[0] for p in phrases}  # (rows, 4)
+    # The first sample clearly not the nearest: embedded in other batch shapes, near-ties may flip.
+    wrong_first = {p: [bool(near[p][row, 0] < near[p][row].max() - 1e-3) for row in range(rows)] for p in phrases}
+    words = [next((p for p in phrases if wrong_first[p][row]), phrases[0]) for row in range(rows)]
+    assert any(wrong_first[words[row]][row] for row in range(rows))  # a choice the first sample would get wrong
     kept = model.make("image", states, context, mask, seed=3, steps=2, words=words)
-    assert [k.tobytes() for k in kept] == [samples[row * 4 + nearest[words[row]][row]].tobytes() for row in range(rows)]
+    for row in range(rows):
+        # one of its own samples (decoded again: a pixel may differ by a level or two between runs)
+        gaps = [np.abs(np.asarray(kept[row], dtype=np.int16) - np.asarray(samples[row * 4 + c], dtype=np.int16)).max()
+                for c in range(4)]
+        choice = int(np.argmin(gaps))
+        assert gaps[choice] <= 2
+        assert near[words[row]][row, choice] >= near[words[row]][row].max() - 1e-4  # the nearest to its words
+        assert choice != 0 or not wrong_first[words[row]][row]
     with pytest.warns(UserWarning, match="image tower cannot read"):
         assert nearest_words(model, "image", ["not an image"] * 4, words[:1], 4) == ["not an image"]
     assert ChatModel.from_pretrained(drawing_chat, candidates=1).output("image").config.candidates == 1  # chat --candidates
