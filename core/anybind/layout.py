@@ -105,8 +105,9 @@ class ChatDir:
         return (self.path / CONFIG_NAME).is_file()
 
     def config(self) -> dict:
-        first = self.path.parent / "first-chat"
-        if not self.exists and self.path.name == "chat" and (first / CONFIG_NAME).is_file():
+        run = RunLayout(self.path.parent)  # a run's full model, asked for while its first model is all there is
+        first = run.first_chat
+        if not self.exists and self.path == run.chat and (first / CONFIG_NAME).is_file():
             raise CheckpointError(f"{self.path}: not trained yet; the quickstart's first model is in {first} "
                                   f"(--model {first}) while the full one trains")
         config = read_config(self.path)

@@ -3,9 +3,9 @@
     world → decoder → bind → first align-in → first align-out → first instruct → demo
           → further decoders → further bind → align-in → align-out → instruct → whole demo → eval
 
-The first interleaved answer comes from a *first model* (``first-chat/``): every stage of the
-full recipe's LM stages, briefly (a third to a half of their steps;
-:data:`~anybind.quickstart.stages.FIRST_INSTRUCT` and the others), making the one output it needs, images. Its decoder trains in a background process
+The first interleaved answer comes from a *first model* (``first-chat/``): the full recipe's LM
+stages, briefly (a quarter to a half of their steps; :data:`~anybind.quickstart.stages.FIRST_INSTRUCT`
+and the others), making the one output it needs, images. Its decoder trains in a background process
 (one thread) beside the first model's stages on the other core, and is the same decoder the full
 model uses; align-out needs only the decoder's prompt encoder (its ``prompts.json``, written as its
 training starts), and the demo waits for the decoder. The first model reads the towers its demo

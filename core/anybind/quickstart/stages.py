@@ -143,6 +143,11 @@ def first_model_wanted(q) -> bool:
     return not _instructed(q.run.chat)
 
 
+def _unless_full(q) -> tuple | None:
+    """What a first model's stage returns where the full model is trained (None: train it)."""
+    return None if first_model_wanted(q) else (False, "the full model is trained")
+
+
 def _instructed(chat_dir: Path) -> bool:
     from anybind.layout import ChatDir
 
@@ -151,9 +156,7 @@ def _instructed(chat_dir: Path) -> bool:
 
 
 def first_align_in(q) -> tuple:
-    if not first_model_wanted(q):
-        return False, "the full model is trained"
-    return _align_in(q, q.run.first_chat, FIRST_ALIGN_IN)
+    return _unless_full(q) or _align_in(q, q.run.first_chat, FIRST_ALIGN_IN)
 
 
 def align_in(q) -> tuple:
@@ -173,9 +176,7 @@ def _align_in(q, chat_dir: Path, options: dict) -> tuple:
 
 def first_align_out(q) -> tuple:
     """The main output's generative tokens (images); align-out needs only its decoder's prompt encoder."""
-    if not first_model_wanted(q):
-        return False, "the full model is trained"
-    return _align_outputs(q, q.run.first_chat, FIRST_ALIGN_OUT, main_only=True)
+    return _unless_full(q) or _align_outputs(q, q.run.first_chat, FIRST_ALIGN_OUT, main_only=True)
 
 
 def align_out(q) -> tuple:
@@ -200,9 +201,7 @@ def _align_outputs(q, chat_dir: Path, options: dict, main_only: bool) -> tuple:
 
 
 def first_instruct(q) -> tuple:
-    if not first_model_wanted(q):
-        return False, "the full model is trained"
-    return _instruct(q, q.run.first_chat, FIRST_INSTRUCT)
+    return _unless_full(q) or _instruct(q, q.run.first_chat, FIRST_INSTRUCT)
 
 
 def instruct(q) -> tuple:
